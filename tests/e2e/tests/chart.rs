@@ -1,0 +1,401 @@
+//! The Helm chart against the harness's real apiserver: lint, schema, server-side validation of
+//! every certificate mode, install/upgrade/uninstall leaving nothing behind, and auto mode with
+//! the webhook binary running on the host with exactly the arguments the chart gives it.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use podsftp_e2e::helm::{
+    chart_dir, eventually, exists, helm, kubectl, kubectl_apply, kubectl_json, release_binary, repo_root,
+    require_cluster, try_run, Release, TestNamespace,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn chart() -> String {
+    chart_dir().to_str().expect("utf-8 path").to_string()
+}
+
+/// `helm template` of the chart; Err carries helm's message.
+fn template(release: &str, namespace: &str, set: &[&str]) -> Result<String, String> {
+    let chart = chart();
+    let mut args = vec!["template", release, &chart, "-n", namespace];
+    for value in set {
+        args.extend(["--set", value]);
+    }
+    try_run("helm", &args, None)
+}
+
+#[test]
+fn helm_lint_is_clean_in_every_certificate_mode() {
+    let chart = chart();
+    for mode in [
+        &["certificates.mode=auto"][..],
+        &["certificates.mode=cert-manager"],
+        &["certificates.mode=secret", "certificates.secret.name=tls", "certificates.secret.caBundle=Y2E="],
+    ] {
+        let mut args = vec!["lint", "--strict", &chart];
+        for value in mode {
+            args.extend(["--set", value]);
+        }
+        let out = helm(&args);
+        assert!(out.contains("0 chart(s) failed"), "helm lint {mode:?}: {out}");
+        assert!(!out.contains("[WARNING]") && !out.contains("[ERROR]"), "helm lint {mode:?}: {out}");
+    }
+}
+
+#[test]
+fn values_schema_rejects_typos_and_bad_values() {
+    for (bad, why) in [
+        ("webhook.replicaz=3", "replicaz"),
+        ("sidecar.allowPtrac=true", "allowPtrac"),
+        ("certificates.mode=manual", "mode"),
+        ("webhook.failurePolicy=Deny", "failurePolicy"),
+        ("sidecar.serviceType=External", "serviceType"),
+        ("log.format=xml", "format"),
+    ] {
+        let err = template("typo", "podsftp", &[bad]).expect_err(&format!("--set {bad} was accepted"));
+        assert!(err.contains("values don't meet the specifications of the schema"), "{bad}: {err}");
+        assert!(err.contains(why), "{bad}: the error does not name {why}: {err}");
+    }
+    let err = template("typo", "podsftp", &["certificates.mode=secret"]).expect_err("secret mode without a Secret");
+    assert!(err.contains("certificates.secret.name is required"), "{err}");
+}
+
+#[test]
+fn webhook_configuration_selects_per_product_contract() {
+    let manifests = template("sel", "tools", &["webhook.excludeNamespaces={legacy}"]).unwrap_or_else(|e| panic!("{e}"));
+    let config = manifests
+        .split("\n---")
+        .find(|doc| doc.contains("kind: MutatingWebhookConfiguration"))
+        .expect("a MutatingWebhookConfiguration");
+    for expected in [
+        "name: namespace.podsftp.io",
+        "name: pod.podsftp.io",
+        "failurePolicy: Ignore",
+        "timeoutSeconds: 5",
+        "sideEffects: None",
+        "matchPolicy: Equivalent",
+        "reinvocationPolicy: Never",
+        "operations: [CREATE]",
+        "resources: [pods]",
+        "values: [disabled, enabled]",
+        "- tools\n",
+        "- legacy\n",
+        "- kube-node-lease\n",
+    ] {
+        assert!(config.contains(expected), "missing {expected:?} in:\n{config}");
+    }
+    assert!(!config.contains("caBundle"), "auto mode must not render a caBundle (the webhook patches it):\n{config}");
+}
+
+/// Minimal CRDs so the apiserver can validate the cert-manager objects without cert-manager.
+const CERT_MANAGER_STUB_CRDS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: certificates.cert-manager.io
+  labels: {podsftp.io/test-stub: "true"}
+spec:
+  group: cert-manager.io
+  scope: Namespaced
+  names: {kind: Certificate, plural: certificates, singular: certificate, listKind: CertificateList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: issuers.cert-manager.io
+  labels: {podsftp.io/test-stub: "true"}
+spec:
+  group: cert-manager.io
+  scope: Namespaced
+  names: {kind: Issuer, plural: issuers, singular: issuer, listKind: IssuerList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+
+/// Removes the stub CRDs unless cert-manager itself is installed (then they were not created).
+struct StubCrds(bool);
+
+impl Drop for StubCrds {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = try_run("kubectl", &["delete", "crd", "-l", "podsftp.io/test-stub=true", "--wait=false"], None);
+        }
+    }
+}
+
+#[test]
+fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() {
+    require_cluster();
+    let ns = TestNamespace::create("chart-dry-run", &[]);
+    let certs = std::env::temp_dir().join(format!("podsftp-chart-certs-{}", std::process::id()));
+    let out = certs.to_str().expect("utf-8 path");
+    let generate = repo_root().join("certs/generate");
+    let ca_bundle = try_run(
+        generate.to_str().expect("utf-8 path"),
+        &["--service", "dry-podsftp", "--namespace", &ns.name, "--out", out],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ca_bundle = ca_bundle.trim();
+
+    let stubs = StubCrds(!exists("crd", "certificates.cert-manager.io", None));
+    if stubs.0 {
+        kubectl_apply(CERT_MANAGER_STUB_CRDS);
+        kubectl(&["wait", "--for=condition=Established", "crd", "-l", "podsftp.io/test-stub=true", "--timeout=60s"]);
+    }
+
+    let secret_name = "certificates.secret.name=dry-tls".to_string();
+    let secret_bundle = format!("certificates.secret.caBundle={ca_bundle}");
+    let modes: [(&str, Vec<&str>); 5] = [
+        ("defaults (auto)", vec![]),
+        ("cert-manager, self-signed issuer", vec!["certificates.mode=cert-manager"]),
+        (
+            "cert-manager, cluster issuer",
+            vec!["certificates.mode=cert-manager", "certificates.certManager.issuerRef.name=ca", "certificates.certManager.issuerRef.kind=ClusterIssuer"],
+        ),
+        ("secret", vec!["certificates.mode=secret", &secret_name, &secret_bundle]),
+        (
+            "everything set",
+            vec![
+                "webhook.failurePolicy=Fail",
+                "webhook.replicas=3",
+                "webhook.priorityClassName=system-cluster-critical",
+                "webhook.nodeSelector.kubernetes\\.io/os=linux",
+                "webhook.tolerations[0].operator=Exists",
+                "webhook.imagePullSecrets[0].name=regcred",
+                "webhook.urlOverride=https://127.0.0.1:18443/mutate",
+                "commonLabels.team=files",
+                "commonAnnotations.owner=ops",
+                "sidecar.allowPtrace=true",
+                "sidecar.mode=classic",
+                "sidecar.serviceType=NodePort",
+                "log.format=text",
+            ],
+        ),
+    ];
+    for (what, set) in &modes {
+        let manifests = template("dry", &ns.name, set).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let applied = try_run("kubectl", &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&manifests))
+            .unwrap_or_else(|e| panic!("{what}: the apiserver rejected the chart: {e}"));
+        for kind in ["deployment.apps/", "service/", "serviceaccount/", "clusterrole.rbac", "mutatingwebhookconfiguration"] {
+            assert!(applied.contains(kind), "{what}: no {kind} in {applied}");
+        }
+        if what.starts_with("cert-manager") {
+            assert!(applied.contains("certificate.cert-manager.io/dry-podsftp"), "{what}: {applied}");
+        }
+    }
+    drop(stubs);
+    let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// The Deployment's single container, as stored by the apiserver.
+fn webhook_container(release: &Release) -> serde_json::Value {
+    let deployment = kubectl_json(&["get", "deployment", &release.fullname(), "-n", &release.namespace]);
+    deployment["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+fn args_of(container: &serde_json::Value) -> Vec<String> {
+    container["args"].as_array().expect("args").iter().map(|a| a.as_str().expect("string arg").to_string()).collect()
+}
+
+/// What a release may leave behind: nothing of its own in its namespace, nothing cluster-wide.
+fn assert_nothing_left(release_name: &str, namespace: &str, cluster_name: &str) {
+    for kind in ["mutatingwebhookconfiguration", "clusterrole", "clusterrolebinding"] {
+        assert!(!exists(kind, cluster_name, None), "{kind} {cluster_name} survived helm uninstall");
+    }
+    let left = kubectl(&[
+        "get",
+        "deployments,replicasets,services,serviceaccounts,secrets,configmaps,poddisruptionbudgets,roles,rolebindings",
+        "-n",
+        namespace,
+        "-o",
+        "name",
+    ]);
+    let left: Vec<&str> = left
+        .lines()
+        .filter(|name| *name != "serviceaccount/default" && *name != "configmap/kube-root-ca.crt")
+        .collect();
+    assert!(left.is_empty(), "helm uninstall of {release_name} left in {namespace}: {left:?}");
+}
+
+#[test]
+fn install_upgrade_and_uninstall_leave_nothing_behind() {
+    require_cluster();
+    // `restricted` enforcement proves the webhook's pods meet that Pod Security level: the
+    // ReplicaSet controller could not create them otherwise.
+    let ns = TestNamespace::create("chart-install", &[("pod-security.kubernetes.io/enforce", "restricted")]);
+    let release = Release::install("files", &ns.name, &[]);
+    let fullname = release.fullname();
+
+    let container = webhook_container(&release);
+    let args = args_of(&container);
+    for expected in [
+        "serve".to_string(),
+        "--namespace=$(POD_NAMESPACE)".to_string(),
+        format!("--tls-secret={fullname}-tls"),
+        format!("--tls-service={fullname}"),
+        format!("--webhook-configuration={}", release.cluster_name()),
+        "--sidecar-image=ghcr.io/podsftp/podsftp-sidecar:0.1.0".to_string(),
+        "--service-type=LoadBalancer".to_string(),
+        "--log-format=json".to_string(),
+    ] {
+        assert!(args.contains(&expected), "webhook args lack {expected}: {args:?}");
+    }
+    assert_eq!(container["image"], "ghcr.io/podsftp/podsftp-webhook:0.1.0");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+
+    let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component=webhook", release.name);
+    let (selector, namespace) = (selector.as_str(), ns.name.as_str());
+    let pods = |want: usize| {
+        move || {
+            let names = kubectl(&["get", "pods", "-n", namespace, "-l", selector, "-o", "name"]);
+            let count = names.lines().count();
+            if count == want { Ok(()) } else { Err(format!("{count} webhook pods: {names}")) }
+        }
+    };
+    eventually("2 webhook pods admitted under Pod Security restricted", WAIT, pods(2));
+    assert!(exists("poddisruptionbudget", &fullname, Some(&ns.name)));
+    let config = kubectl_json(&["get", "mutatingwebhookconfiguration", &release.cluster_name()]);
+    assert_eq!(config["webhooks"].as_array().map(Vec::len), Some(2));
+
+    let upgraded = release.upgrade(&["webhook.replicas=3", "webhook.failurePolicy=Fail"]);
+    assert!(upgraded.contains("has been upgraded"), "{upgraded}");
+    eventually("3 webhook pods after helm upgrade", WAIT, pods(3));
+    let config = kubectl_json(&["get", "mutatingwebhookconfiguration", &release.cluster_name()]);
+    assert_eq!(config["webhooks"][0]["failurePolicy"], "Fail");
+    assert_eq!(config["webhooks"][1]["failurePolicy"], "Fail");
+
+    let (name, namespace, cluster_name) = (release.name.clone(), release.namespace.clone(), release.cluster_name());
+    release.uninstall();
+    assert_nothing_left(&name, &namespace, &cluster_name);
+}
+
+/// The webhook process on the host, killed when dropped.
+struct HostWebhook(Child);
+
+impl Drop for HostWebhook {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Creates pod NAME (the test app image) in NAMESPACE and returns it as stored.
+fn create_pod(name: &str, namespace: &str, labels: &[(&str, &str)]) -> serde_json::Value {
+    let _ = try_run("kubectl", &["delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=false", "--grace-period=0", "--force"], None);
+    eventually(&format!("old pod {namespace}/{name} gone"), WAIT, || {
+        if exists("pod", name, Some(namespace)) { Err("still there".into()) } else { Ok(()) }
+    });
+    let labels: String = labels.iter().map(|(k, v)| format!("\n    {k}: \"{v}\"")).collect();
+    kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    test: chart{labels}\n\
+         spec:\n  containers:\n    - name: app\n      image: localhost/podsftp/test-legacy:0.1.0\n      imagePullPolicy: IfNotPresent\n"
+    ));
+    kubectl_json(&["get", "pod", name, "-n", namespace])
+}
+
+fn injected(pod: &serde_json::Value) -> bool {
+    pod["metadata"]["annotations"]["podsftp.io/status"] == "injected"
+}
+
+fn has_sidecar(pod: &serde_json::Value) -> bool {
+    let named = |list: &serde_json::Value| list.as_array().is_some_and(|cs| cs.iter().any(|c| c["name"] == "podsftp"));
+    named(&pod["spec"]["containers"]) || named(&pod["spec"]["initContainers"])
+}
+
+#[test]
+fn auto_mode_webhook_on_the_host_creates_its_certificate_and_patches_labelled_pods() {
+    require_cluster();
+    let binary = release_binary("podsftp-webhook");
+    let ns = TestNamespace::create("chart-auto", &[]);
+    let (port, metrics_port) = (free_port(), free_port());
+    let url = format!("webhook.urlOverride=https://127.0.0.1:{port}/mutate");
+    // No in-cluster replica: the apiserver calls the host process only.
+    let release = Release::install("auto", &ns.name, &["webhook.replicas=0", &url, "webhook.extraArgs={--tls-extra-san=127.0.0.1}"]);
+    let fullname = release.fullname();
+
+    // Exactly the chart's arguments, but listening on loopback ports of the host.
+    let args: Vec<String> = args_of(&webhook_container(&release))
+        .into_iter()
+        .map(|arg| match arg.split_once('=') {
+            Some(("--listen", _)) => format!("--listen=127.0.0.1:{port}"),
+            Some(("--metrics-listen", _)) => format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+            _ => arg.replace("$(POD_NAMESPACE)", &ns.name),
+        })
+        .collect();
+    assert!(args.contains(&"--tls-extra-san=127.0.0.1".to_string()), "{args:?}");
+    let log = std::fs::File::create(std::env::temp_dir().join("podsftp-chart-auto-webhook.log")).expect("log file");
+    let _webhook = HostWebhook(
+        Command::new(&binary)
+            .args(&args)
+            .stdout(Stdio::from(log.try_clone().expect("log file")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display())),
+    );
+
+    eventually("the webhook's certificate Secret", WAIT, || {
+        let secret = try_run("kubectl", &["get", "secret", &format!("{fullname}-tls"), "-n", &ns.name, "-o", "json"], None)?;
+        let secret: serde_json::Value = serde_json::from_str(&secret).map_err(|e| e.to_string())?;
+        match secret["data"].as_object() {
+            Some(data) if !data.is_empty() => Ok(()),
+            _ => Err("Secret without data".into()),
+        }
+    });
+    eventually("the caBundle in both webhooks", WAIT, || {
+        let config = kubectl_json(&["get", "mutatingwebhookconfiguration", &release.cluster_name()]);
+        let filled = config["webhooks"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().all(|w| w["clientConfig"]["caBundle"].as_str().is_some_and(|b| !b.is_empty())));
+        if filled { Ok(()) } else { Err(format!("{}", config["webhooks"])) }
+    });
+
+    let labelled = TestNamespace::create("chart-auto-labelled", &[("podsftp.io/injection", "enabled")]);
+    let plain = TestNamespace::create("chart-auto-plain", &[]);
+    let opted_out = TestNamespace::create("chart-auto-opted-out", &[("podsftp.io/injection", "disabled")]);
+
+    // The apiserver may still hold the configuration without the caBundle for a moment: then the
+    // call fails, failurePolicy Ignore lets the pod through unpatched, and we try again.
+    let pod = eventually("a pod in the labelled namespace patched", WAIT, || {
+        let pod = create_pod("app", &labelled.name, &[]);
+        if injected(&pod) { Ok(pod) } else { Err(format!("not injected: {}", pod["metadata"])) }
+    });
+    assert!(has_sidecar(&pod), "injected but no podsftp container: {}", pod["spec"]);
+    assert_eq!(pod["spec"]["shareProcessNamespace"], true);
+
+    let pod = create_pod("opted-in", &plain.name, &[("sftp", "enabled")]);
+    assert!(injected(&pod) && has_sidecar(&pod), "sftp=enabled pod in a plain namespace not patched: {}", pod["metadata"]);
+    for (name, namespace, labels) in [
+        ("opted-out", &labelled.name, &[("sftp", "disabled")][..]),
+        ("unlabelled", &plain.name, &[]),
+        ("in-disabled-namespace", &opted_out.name, &[("sftp", "enabled")]),
+        ("in-release-namespace", &ns.name, &[("sftp", "enabled")]),
+    ] {
+        let pod = create_pod(name, namespace, labels);
+        assert!(!injected(&pod) && !has_sidecar(&pod), "{namespace}/{name} must not be patched: {}", pod["metadata"]);
+    }
+
+    let (name, namespace, cluster_name) = (release.name.clone(), release.namespace.clone(), release.cluster_name());
+    release.uninstall();
+    assert_nothing_left(&name, &namespace, &cluster_name);
+    let pod = create_pod("after-uninstall", &labelled.name, &[]);
+    assert!(!injected(&pod), "patched after helm uninstall: {}", pod["metadata"]);
+}
