@@ -1,0 +1,357 @@
+//! The confined filesystem: the ONE place where client paths touch the kernel.
+//!
+//! The served root is opened once as a directory fd. Every client path is resolved relative to it
+//! with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so `..`, absolute symlinks and symlink
+//! chains (including ones swapped in while a session runs) are resolved by the kernel as if the
+//! root were `/`. Operations that act on a name (mkdir, unlink, rename, symlink, readlink, lstat,
+//! link) resolve the parent directory that way and then use the `*at` syscall on the final
+//! component, which never follows a symlink in that position. Symlink targets are stored
+//! verbatim; they are resolved in-root whenever they are followed later.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timestamps};
+use rustix::io::Errno;
+
+use crate::sftp::codec::Attrs;
+
+const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+/// Symlinks followed while computing a realpath before giving up (the kernel's limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// The directory a session is confined to.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+}
+
+/// A client path split into the directory that holds it and its final component.
+enum Split<'a> {
+    /// `parent` resolved in-root, then `name` is acted on with an `*at` call.
+    Entry { parent: &'a [u8], name: &'a [u8] },
+    /// The path names the root itself or ends in `.`/`..`: there is no name to act on.
+    Directory,
+}
+
+fn split(path: &[u8]) -> Split<'_> {
+    let mut end = path.len();
+    while end > 0 && path[end - 1] == b'/' {
+        end -= 1;
+    }
+    let trimmed = &path[..end];
+    if trimmed.is_empty() {
+        return Split::Directory;
+    }
+    let (parent, name): (&[u8], &[u8]) = match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(0) => (b"/", &trimmed[1..]),
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+        None => (b".", trimmed),
+    };
+    if name == b"." || name == b".." {
+        Split::Directory
+    } else {
+        Split::Entry { parent, name }
+    }
+}
+
+fn or_dot(path: &[u8]) -> &[u8] {
+    if path.is_empty() { b"." } else { path }
+}
+
+fn io_err(e: Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+impl Root {
+    /// Opens `path` (a host path such as `/proc/<pid>/root` or `--dir`) as the root.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(io_err)?;
+        Ok(Root { fd })
+    }
+
+    /// Narrows the root to a subdirectory, itself resolved inside the current root (`--root`).
+    pub fn subdir(&self, sub: &[u8]) -> io::Result<Root> {
+        Ok(Root { fd: self.resolve(sub, OFlags::PATH | OFlags::DIRECTORY)? })
+    }
+
+    fn resolve(&self, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+        rustix::fs::openat2(&self.fd, or_dot(path), flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE).map_err(io_err)
+    }
+
+    fn resolve_parent(&self, parent: &[u8]) -> io::Result<OwnedFd> {
+        self.resolve(parent, OFlags::PATH | OFlags::DIRECTORY)
+    }
+
+    /// Opens a file for I/O; `flags` are the access/creation flags derived from SFTP pflags.
+    pub fn open_file(&self, path: &[u8], flags: OFlags, mode: u32) -> io::Result<File> {
+        let fd = rustix::fs::openat2(&self.fd, or_dot(path), flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::from_raw_mode(mode & 0o7777), RESOLVE)
+            .map_err(io_err)?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens a directory for listing.
+    pub fn open_dir(&self, path: &[u8]) -> io::Result<OwnedFd> {
+        self.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// `stat`, following symlinks (in-root).
+    pub fn stat(&self, path: &[u8]) -> io::Result<Stat> {
+        rustix::fs::fstat(self.resolve(path, OFlags::PATH)?).map_err(io_err)
+    }
+
+    /// `lstat`: a symlink in the final position is described, not followed.
+    pub fn lstat(&self, path: &[u8]) -> io::Result<Stat> {
+        match split(path) {
+            Split::Directory => self.stat(path),
+            Split::Entry { parent, name } => {
+                rustix::fs::statat(self.resolve_parent(parent)?, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)
+            }
+        }
+    }
+
+    fn entry<'a>(&self, path: &'a [u8]) -> io::Result<(OwnedFd, &'a [u8])> {
+        match split(path) {
+            Split::Directory => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            Split::Entry { parent, name } => Ok((self.resolve_parent(parent)?, name)),
+        }
+    }
+
+    pub fn mkdir(&self, path: &[u8], mode: u32) -> io::Result<()> {
+        let (dir, name) = self.entry(path)?;
+        rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777)).map_err(io_err)
+    }
+
+    pub fn rmdir(&self, path: &[u8]) -> io::Result<()> {
+        let (dir, name) = self.entry(path).map_err(busy_for_directory)?;
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(io_err)
+    }
+
+    pub fn remove(&self, path: &[u8]) -> io::Result<()> {
+        let (dir, name) = self.entry(path).map_err(busy_for_directory)?;
+        rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(io_err)
+    }
+
+    /// Renames; `replace` false gives SFTP v3 semantics (fail when the target exists).
+    pub fn rename(&self, from: &[u8], to: &[u8], replace: bool) -> io::Result<()> {
+        let (from_dir, from_name) = self.entry(from).map_err(busy_for_directory)?;
+        let (to_dir, to_name) = self.entry(to)?;
+        let flags = if replace { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
+        rustix::fs::renameat_with(from_dir, from_name, to_dir, to_name, flags).map_err(io_err)
+    }
+
+    /// Creates `link` pointing at `target`, stored verbatim.
+    pub fn symlink(&self, target: &[u8], link: &[u8]) -> io::Result<()> {
+        let (dir, name) = self.entry(link)?;
+        rustix::fs::symlinkat(target, dir, name).map_err(io_err)
+    }
+
+    pub fn readlink(&self, path: &[u8]) -> io::Result<Vec<u8>> {
+        match split(path) {
+            Split::Directory => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+            Split::Entry { parent, name } => Ok(rustix::fs::readlinkat(self.resolve_parent(parent)?, name, Vec::new())
+                .map_err(io_err)?
+                .into_bytes()),
+        }
+    }
+
+    pub fn hardlink(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        let (from_dir, from_name) = self.entry(from).map_err(busy_for_directory)?;
+        let (to_dir, to_name) = self.entry(to)?;
+        rustix::fs::linkat(from_dir, from_name, to_dir, to_name, AtFlags::empty()).map_err(io_err)
+    }
+
+    /// SETSTAT (`follow`) or lsetstat@openssh.com (`!follow`).
+    pub fn setstat(&self, path: &[u8], attrs: &Attrs, follow: bool) -> io::Result<()> {
+        if let Some(size) = attrs.size {
+            if !follow {
+                return Err(io::Error::from(io::ErrorKind::Unsupported));
+            }
+            let file = self.resolve(path, OFlags::WRONLY | OFlags::NONBLOCK)?;
+            rustix::fs::ftruncate(&file, size).map_err(io_err)?;
+        }
+        let target = match (follow, split(path)) {
+            (false, Split::Entry { parent, name }) => rustix::fs::openat(
+                self.resolve_parent(parent)?,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io_err)?,
+            _ => self.resolve(path, OFlags::PATH)?,
+        };
+        apply_metadata(target.as_fd(), attrs)
+    }
+
+    pub fn statvfs(&self, path: &[u8]) -> io::Result<rustix::fs::StatVfs> {
+        rustix::fs::fstatvfs(self.resolve(path, OFlags::PATH)?).map_err(io_err)
+    }
+
+    /// Whether `stat` describes the root directory itself (used to hide the root's real parent).
+    pub fn is_root(&self, stat: &Stat) -> bool {
+        rustix::fs::fstat(&self.fd).is_ok_and(|root| root.st_dev == stat.st_dev && root.st_ino == stat.st_ino)
+    }
+
+    /// The canonical absolute path of `path` inside the root, computed the way RESOLVE_IN_ROOT
+    /// resolves it: `..` stops at the root and absolute symlink targets restart at the root.
+    /// Components that do not exist are kept as written (clients realpath names they will create).
+    pub fn realpath(&self, path: &[u8]) -> io::Result<Vec<u8>> {
+        let mut resolved: Vec<Vec<u8>> = Vec::new();
+        let mut pending: Vec<Vec<u8>> = components(path).rev().map(<[u8]>::to_vec).collect();
+        let mut links = 0;
+        while let Some(part) = pending.pop() {
+            match part.as_slice() {
+                b"." => continue,
+                b".." => {
+                    resolved.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let mut candidate = join(&resolved);
+            candidate.push(b'/');
+            candidate.extend_from_slice(&part);
+            match self.readlink(&candidate) {
+                Ok(target) => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    if target.first() == Some(&b'/') {
+                        resolved.clear();
+                    }
+                    pending.extend(components(&target).rev().map(<[u8]>::to_vec));
+                }
+                // Not a symlink (EINVAL) or not there: the name stands as written.
+                Err(_) => resolved.push(part),
+            }
+        }
+        Ok(join(&resolved))
+    }
+}
+
+fn busy_for_directory(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AlreadyExists { io::Error::from_raw_os_error(libc::EBUSY) } else { e }
+}
+
+fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty())
+}
+
+fn join(parts: &[Vec<u8>]) -> Vec<u8> {
+    if parts.is_empty() {
+        return b"/".to_vec();
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Applies permissions, times and owner to an `O_PATH` fd (already resolved in-root), in
+/// OpenSSH's order. Needs no access to the file's contents, only ownership like chmod(2).
+fn apply_metadata(fd: BorrowedFd<'_>, attrs: &Attrs) -> io::Result<()> {
+    const EMPTY: &CStr = c"";
+    if let Some(perm) = attrs.permissions {
+        // fchmodat2 (Linux 6.6) accepts AT_EMPTY_PATH on an O_PATH fd; older kernels get the
+        // same effect through the fd's /proc/self/fd entry, which is our own, already-resolved fd.
+        let rc = unsafe { libc::syscall(libc::SYS_fchmodat2, fd.as_raw_fd(), EMPTY.as_ptr(), perm & 0o7777, libc::AT_EMPTY_PATH) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENOSYS) {
+                rustix::fs::chmod(format!("/proc/self/fd/{}", fd.as_raw_fd()), Mode::from_raw_mode(perm & 0o7777)).map_err(io_err)?;
+            } else {
+                return Err(err);
+            }
+        }
+    }
+    if let Some((atime, mtime)) = attrs.times {
+        let ts = |secs: u32| rustix::fs::Timespec { tv_sec: secs as i64, tv_nsec: 0 };
+        let times = Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
+        rustix::fs::utimensat(fd, EMPTY, &times, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
+    }
+    if let Some((uid, gid)) = attrs.uid_gid {
+        rustix::fs::chownat(
+            fd,
+            EMPTY,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(io_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn setup() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/file"), b"inside").unwrap();
+        symlink("/", dir.path().join("abs")).unwrap();
+        symlink("../../../../..", dir.path().join("sub/up")).unwrap();
+        symlink("/etc/passwd", dir.path().join("passwd")).unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        (dir, root)
+    }
+
+    #[test]
+    fn dotdot_and_symlinks_stay_inside() {
+        let (dir, root) = setup();
+        let inside = std::fs::metadata(dir.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        for p in [&b"/.."[..], b"../../..", b"abs", b"abs/..", b"sub/up", b"sub/up/.."] {
+            let st = root.stat(p).unwrap();
+            assert_eq!(st.st_ino, inside.ino(), "{}", String::from_utf8_lossy(p));
+        }
+        assert!(root.stat(b"passwd").is_err(), "/etc/passwd resolved outside the root");
+        assert_eq!(root.realpath(b"sub/up/abs/sub/../sub/file").unwrap(), b"/sub/file");
+        assert_eq!(root.realpath(b"../..").unwrap(), b"/");
+    }
+
+    #[test]
+    fn name_operations_never_follow_final_symlink() {
+        let (dir, root) = setup();
+        // Removing a symlink to / removes the link, not anything it points at.
+        root.remove(b"abs").unwrap();
+        assert!(dir.path().join("sub").exists());
+        root.symlink(b"/sub/file", b"sub/link").unwrap();
+        assert_eq!(root.readlink(b"/sub/link").unwrap(), b"/sub/file");
+        let mut f = root.open_file(b"sub/link", OFlags::RDONLY, 0).unwrap();
+        let mut s = String::new();
+        use std::io::Read;
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "inside");
+        assert!(root.mkdir(b"..", 0o755).is_err());
+        assert!(root.rmdir(b"/").is_err());
+    }
+
+    #[test]
+    fn subdir_is_a_new_root() {
+        let (_dir, root) = setup();
+        let sub = root.subdir(b"/sub").unwrap();
+        assert!(sub.stat(b"file").is_ok());
+        assert!(sub.stat(b"../sub/file").is_err());
+        assert!(sub.stat(b"/up/sub").is_err());
+    }
+
+    #[test]
+    fn setstat_changes_mode_and_times() {
+        let (dir, root) = setup();
+        root.setstat(b"sub/file", &Attrs { permissions: Some(0o600), times: Some((1, 2)), ..Attrs::default() }, true).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir.path().join("sub/file")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_eq!(m.mtime(), 2);
+    }
+}

@@ -1,0 +1,10 @@
+//! podsftp-sidecar: an SSH server offering only the `sftp` subsystem, serving a directory, a
+//! process's root (`/proc/<pid>/root`) or a container's root found by `PODSFTP_CONTAINER`.
+//!
+//! Layout: `ssh` (front end: russh, auth, worker processes), `worker` (one SFTP session in its
+//! own process, after taking the target's identity), `sftp` (protocol), `confined` (every path
+//! operation), `target` (finding and describing the process to serve), `privilege` (dropping
+//! to the target's identity), `credentials` (the watched credentials directory), `health`.
+
+pub mod confined;
+pub mod sftp;
