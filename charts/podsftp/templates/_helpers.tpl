@@ -34,11 +34,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end -}}
 
-{{/* metadata.annotations block (or nothing) for objects that carry only the common annotations. */}}
+{{/* metadata.annotations (or nothing) for objects that carry only the common annotations;
+     include it right after the labels as `{{- include "podsftp.annotations" . }}`. */}}
 {{- define "podsftp.annotations" -}}
 {{- with .Values.commonAnnotations }}
-annotations:
-  {{- toYaml . | nindent 2 }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
 {{- end }}
 {{- end -}}
 

@@ -60,7 +60,7 @@ fn values_schema_rejects_typos_and_bad_values() {
         assert!(err.contains(why), "{bad}: the error does not name {why}: {err}");
     }
     let err = template("typo", "podsftp", &["certificates.mode=secret"]).expect_err("secret mode without a Secret");
-    assert!(err.contains("certificates.secret.name is required"), "{err}");
+    assert!(err.contains("is required when certificates.mode is secret"), "{err}");
 }
 
 #[test]
