@@ -1,0 +1,279 @@
+//! The user journey of issue 6 on the harness's real node: install the chart (auto certificates,
+//! the webhook as real pods), label a namespace, deploy the project's test apps, and use OpenSSH
+//! `sftp` against the per-app Services — files seen inside the app containers with the apps'
+//! uids, `podsftp.io/root` and `podsftp.io/read-only`, the shared host key, app restarts,
+//! password rotation, Jobs, garbage collection and `helm uninstall`.
+//!
+//! One test, because every step builds on the state of the previous ones (as a user's day does).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use podsftp_e2e::helm::{eventually, exists, kubectl, kubectl_apply, kubectl_json, require_cluster, run, try_run, Release, TestNamespace};
+
+const WAIT: Duration = Duration::from_secs(180);
+const APPS: &str = "journey-apps";
+
+/// How a session authenticates.
+enum Auth<'a> {
+    Password(&'a str),
+    Key(&'a std::path::Path),
+}
+
+/// Runs an `sftp -b` batch (each line one command; a leading `-` ignores its failure) against
+/// `user@host:port`; Ok(output) if every command succeeded.
+fn sftp(host: &str, port: u16, user: &str, auth: &Auth, batch: &str) -> Result<String, String> {
+    let port = port.to_string();
+    let target = format!("{user}@{host}");
+    let common = [
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "-o", "ConnectTimeout=10", "-P", &port,
+    ];
+    match auth {
+        Auth::Password(password) => {
+            let mut args = vec!["-p", password, "sftp", "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
+                "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1"];
+            args.extend(common);
+            args.extend(["-b", "-", &target]);
+            try_run("sshpass", &args, Some(batch))
+        }
+        Auth::Key(key) => {
+            let key = key.to_str().expect("utf-8 path");
+            let mut args = vec!["-i", key, "-o", "IdentitiesOnly=yes", "-o", "PasswordAuthentication=no"];
+            args.extend(common);
+            args.extend(["-b", "-", &target]);
+            try_run("sftp", &args, Some(batch))
+        }
+    }
+}
+
+/// One key of Secret `name` in the apps' namespace, decoded.
+fn secret_value(name: &str, key: &str) -> String {
+    kubectl(&["get", "secret", name, "-n", APPS, "-o", &format!("go-template={{{{index .data \"{key}\" | base64decode}}}}")])
+}
+
+/// ClusterIP and port of the per-owner Service (reached from the host through kube-proxy).
+fn service_address(owner: &str) -> (String, u16) {
+    let service = kubectl_json(&["get", "service", &format!("{owner}-sftp"), "-n", APPS]);
+    let ip = service["spec"]["clusterIP"].as_str().expect("clusterIP").to_string();
+    let port = service["spec"]["ports"][0]["port"].as_u64().expect("port") as u16;
+    (ip, port)
+}
+
+/// The login of an owner: (username, password), once the controller made its Secret and Service.
+fn login(owner: &str) -> (String, String) {
+    let secret = format!("{owner}-sftp");
+    eventually(&format!("Secret and Service {secret}"), WAIT, || {
+        if exists("secret", &secret, Some(APPS)) && exists("service", &secret, Some(APPS)) { Ok(()) } else { Err("missing".into()) }
+    });
+    (secret_value(&secret, "username"), secret_value(&secret, "password"))
+}
+
+/// Pods of `app=<owner>` in the apps' namespace, as stored.
+fn pods_of(owner: &str) -> Vec<serde_json::Value> {
+    kubectl_json(&["get", "pods", "-n", APPS, "-l", &format!("app={owner}")])["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until every pod of the owner is Ready (the sidecar's readiness included) and returns them.
+fn ready_pods(owner: &str, count: usize) -> Vec<serde_json::Value> {
+    eventually(&format!("{count} ready pods of {owner} with the sidecar"), WAIT, || {
+        let pods = pods_of(owner);
+        let ready = |p: &serde_json::Value| {
+            p["metadata"]["annotations"]["podsftp.io/status"] == "injected"
+                && p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        };
+        let good: Vec<_> = pods.iter().filter(|p| ready(p)).cloned().collect();
+        if good.len() == count && pods.len() == count { Ok(good) } else {
+            Err(format!("{} of {} ready: {}", good.len(), pods.len(), pods.iter().map(|p| p["status"].to_string()).collect::<Vec<_>>().join("\n")))
+        }
+    })
+}
+
+/// The host pid of container `container` of `pod` (found through its cgroup), i.e. the app's
+/// own process as the kernel sees it.
+fn app_pid(pod: &serde_json::Value, container: &str) -> u32 {
+    let statuses = pod["status"]["containerStatuses"].as_array().expect("container statuses");
+    let status = statuses.iter().find(|s| s["name"] == container).expect("status of the app container");
+    let id = status["containerID"].as_str().and_then(|id| id.split("://").nth(1)).expect("containerID").to_string();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&id)))
+        .collect();
+    pids.sort();
+    *pids.first().unwrap_or_else(|| panic!("no process of container {id} on this host"))
+}
+
+/// A path inside the app container, seen from the host through the app's own process.
+fn in_app(pod: &serde_json::Value, path: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/root{path}", app_pid(pod, "app")))
+}
+
+fn deployment(name: &str, image: &str, replicas: u32, pod_security: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: {APPS}\nspec:\n  replicas: {replicas}\n\
+         \x20 selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n\
+         \x20     annotations: {{{annotations}}}\n    spec:\n      securityContext: {{{pod_security}}}\n\
+         \x20     containers:\n        - name: app\n          image: localhost/podsftp/{image}:0.1.0\n          imagePullPolicy: IfNotPresent\n"
+    )
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    run("sha256sum", &[path.to_str().expect("utf-8 path")]).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
+    require_cluster();
+    let work = std::env::temp_dir().join(format!("podsftp-journey-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work dir");
+
+    // 1. helm install, auto certificates, the webhook as real pods; wait until ready.
+    let system = TestNamespace::create("journey-system", &[]);
+    let _ = try_run("kubectl", &["delete", "namespace", APPS, "--ignore-not-found", "--wait=true"], None);
+    let release = Release::install("journey", &system.name, &["sidecar.serviceType=ClusterIP", "log.format=text"]);
+    kubectl(&["rollout", "status", &format!("deployment/{}", release.fullname()), "-n", &system.name, "--timeout=180s"]);
+
+    // 2. Label a namespace, deploy the three kinds of apps (+ one confined, read-only app).
+    let apps = TestNamespace::create(APPS, &[("podsftp.io/injection", "enabled")]);
+    let uid_1000 = "runAsUser: 1000, runAsGroup: 1000";
+    // The webhook may not be called for a moment after its pods turn ready (caBundle propagation):
+    // such pods are created without the sidecar (failurePolicy Ignore); recreate until patched.
+    eventually("the first app pod patched", WAIT, || {
+        kubectl_apply(&deployment("legacy", "test-legacy", 2, uid_1000, ""));
+        let pods = pods_of("legacy");
+        if !pods.is_empty() && pods.iter().all(|p| p["metadata"]["annotations"]["podsftp.io/status"] == "injected") {
+            return Ok(());
+        }
+        let _ = try_run("kubectl", &["delete", "deployment", "legacy", "-n", APPS, "--wait=true"], None);
+        Err(format!("{} pods, not all injected", pods.len()))
+    });
+    kubectl_apply(&deployment("distroless", "test-distroless", 1, "", ""));
+    kubectl_apply(&deployment("rootapp", "test-rootapp", 1, "", ""));
+    kubectl_apply(&deployment(
+        "confined",
+        "test-legacy",
+        1,
+        uid_1000,
+        "podsftp.io/root: /srv/data, podsftp.io/read-only: \"true\"",
+    ));
+
+    // 3. Each app: Running with the sidecar ready; password and key logins; upload lands in the
+    //    app container with the app's uid; download gives the same bytes.
+    let upload = work.join("upload.bin");
+    std::fs::write(&upload, (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).expect("upload file");
+    for (owner, replicas, dir, listed, uid) in [
+        ("legacy", 2, "/srv/data", "hello.txt", 1000),
+        ("distroless", 1, "/data", "hello.txt", 1001),
+        ("rootapp", 1, "/var/www", "index.html", 0),
+    ] {
+        let pods = ready_pods(owner, replicas);
+        let (user, password) = login(owner);
+        let (host, port) = service_address(owner);
+        let key = work.join(format!("{owner}.key"));
+        std::fs::write(&key, secret_value(&format!("{owner}-sftp"), "id_ed25519")).expect("key file");
+        run("chmod", &["600", key.to_str().expect("utf-8 path")]);
+
+        let listing = sftp(&host, port, &user, &Auth::Password(&password), &format!("ls -l {dir}\n"))
+            .unwrap_or_else(|e| panic!("{owner}: password login: {e}"));
+        assert!(listing.contains(listed), "{owner}: ls {dir} does not show {listed}: {listing}");
+
+        let remote = format!("{dir}/uploaded-{owner}.bin");
+        let back = work.join(format!("{owner}-back.bin"));
+        sftp(&host, port, &user, &Auth::Key(&key), &format!("put {} {remote}\nget {remote} {}\n", upload.display(), back.display()))
+            .unwrap_or_else(|e| panic!("{owner}: key login, put and get: {e}"));
+        assert_eq!(sha256(&back), sha256(&upload), "{owner}: downloaded bytes differ");
+
+        // Both replicas share the volume of the Secret, not the files: find the pod that got it.
+        let holder = pods.iter().find(|p| in_app(p, &remote).exists()).unwrap_or_else(|| panic!("{owner}: {remote} is in no app container"));
+        let inside = in_app(holder, &remote);
+        assert_eq!(sha256(&inside), sha256(&upload), "{owner}: bytes in the app container differ");
+        let meta = std::fs::metadata(&inside).expect("metadata");
+        assert_eq!((meta.uid(), meta.gid()), (uid, uid), "{owner}: owner of the uploaded file in the app container");
+    }
+
+    // 4. podsftp.io/root confines, podsftp.io/read-only refuses writes; one host key per owner.
+    ready_pods("confined", 1);
+    let (user, password) = login("confined");
+    let (host, port) = service_address("confined");
+    let auth = Auth::Password(&password);
+    let listing = sftp(&host, port, &user, &auth, "ls /\ncd ..\nls\nls /reports\n").expect("confined session");
+    assert!(listing.contains("hello.txt") && listing.contains("q1.txt"), "root is not /srv/data: {listing}");
+    assert!(!listing.contains("bin") && !listing.contains("etc"), "left the root: {listing}");
+    let refused = sftp(&host, port, &user, &auth, &format!("put {} /new.bin\n", upload.display()));
+    assert!(refused.is_err(), "a write to a read-only app succeeded: {refused:?}");
+    let refused = sftp(&host, port, &user, &auth, "rm /hello.txt\n");
+    assert!(refused.is_err(), "a remove on a read-only app succeeded: {refused:?}");
+
+    let keys: Vec<String> = pods_of("legacy")
+        .iter()
+        .map(|pod| {
+            let ip = pod["status"]["podIP"].as_str().expect("podIP");
+            let scan = run("ssh-keyscan", &["-t", "ed25519", "-p", "2222", ip]);
+            scan.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert!(!keys[0].is_empty() && keys[0] == keys[1], "replicas show different host keys: {keys:?}");
+
+    // 5. Kill the app's process: the next session works. Rotate the password: new works, old not.
+    let pod = &ready_pods("rootapp", 1)[0];
+    run("kill", &["-9", &app_pid(pod, "app").to_string()]);
+    let (user, password) = login("rootapp");
+    let (host, port) = service_address("rootapp");
+    eventually("a session after the app restarted", WAIT, || {
+        let restarted = pods_of("rootapp").iter().any(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() > Some(0));
+        if !restarted {
+            return Err("app not restarted yet".into());
+        }
+        sftp(&host, port, &user, &Auth::Password(&password), "ls /var/www\n")
+    });
+
+    let (user, old) = login("legacy");
+    let (host, port) = service_address("legacy");
+    let new = "rotated-password-0123456789abcdef";
+    kubectl(&["patch", "secret", "legacy-sftp", "-n", APPS, "-p", &format!("{{\"stringData\":{{\"password\":\"{new}\"}}}}")]);
+    // The kubelet refreshes the Secret volume within its sync period; no pod restarts.
+    eventually("the new password accepted, the old one refused (both replicas)", WAIT, || {
+        for _ in 0..4 {
+            sftp(&host, port, &user, &Auth::Password(new), "pwd\n")?;
+            if sftp(&host, port, &user, &Auth::Password(&old), "pwd\n").is_ok() {
+                return Err("old password still works".into());
+            }
+        }
+        Ok(())
+    });
+    assert!(pods_of("legacy").iter().all(|p| p["status"]["containerStatuses"].as_array().is_some_and(|cs| cs.iter().all(|c| c["restartCount"] == 0))));
+
+    // 6. An injected Job completes (native sidecar).
+    kubectl_apply(&format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: batch\n  namespace: {APPS}\nspec:\n  backoffLimit: 0\n  template:\n\
+         \x20   metadata:\n      labels: {{app: batch}}\n    spec:\n      restartPolicy: Never\n      securityContext: {{{uid_1000}}}\n\
+         \x20     containers:\n        - name: app\n          image: localhost/podsftp/test-legacy:0.1.0\n          imagePullPolicy: IfNotPresent\n\
+         \x20         command: [/bin/busybox, sh, -c, \"ls /srv/data && sleep 3\"]\n"
+    ));
+    kubectl(&["wait", "job/batch", "-n", APPS, "--for=condition=Complete", "--timeout=180s"]);
+    assert!(pods_of("batch").iter().all(|p| p["metadata"]["annotations"]["podsftp.io/status"] == "injected"), "the Job's pod was not injected");
+
+    // 7. Delete a Deployment: its Service and Secret are garbage-collected.
+    kubectl(&["delete", "deployment", "distroless", "-n", APPS]);
+    eventually("Secret and Service distroless-sftp garbage-collected", WAIT, || {
+        let left: Vec<&str> = ["secret", "service"].into_iter().filter(|k| exists(k, "distroless-sftp", Some(APPS))).collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("still there: {left:?}")) }
+    });
+
+    // 8. helm uninstall: new pods in the labelled namespace come without the sidecar; nothing blocks.
+    release.uninstall();
+    kubectl_apply(&deployment("after", "test-legacy", 1, uid_1000, ""));
+    let pod = eventually("a pod after helm uninstall", WAIT, || {
+        let pods = pods_of("after");
+        pods.first().filter(|p| p["status"]["phase"] == "Running").cloned().ok_or_else(|| "not running yet".to_string())
+    });
+    assert!(pod["metadata"]["annotations"]["podsftp.io/status"].is_null(), "patched after uninstall: {}", pod["metadata"]);
+
+    drop(apps);
+    drop(system);
+    let _ = std::fs::remove_dir_all(&work);
+}
