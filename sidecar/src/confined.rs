@@ -89,7 +89,9 @@ impl Root {
 
     /// Opens a file for I/O; `flags` are the access/creation flags derived from SFTP pflags.
     pub fn open_file(&self, path: &[u8], flags: OFlags, mode: u32) -> io::Result<File> {
-        let fd = rustix::fs::openat2(&self.fd, or_dot(path), flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::from_raw_mode(mode & 0o7777), RESOLVE)
+        // openat2 insists on a zero mode unless a file may be created.
+        let mode = if flags.contains(OFlags::CREATE) { Mode::from_raw_mode(mode & 0o7777) } else { Mode::empty() };
+        let fd = rustix::fs::openat2(&self.fd, or_dot(path), flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, RESOLVE)
             .map_err(io_err)?;
         Ok(File::from(fd))
     }

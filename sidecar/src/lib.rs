@@ -1,10 +1,18 @@
 //! podsftp-sidecar: an SSH server offering only the `sftp` subsystem, serving a directory, a
 //! process's root (`/proc/<pid>/root`) or a container's root found by `PODSFTP_CONTAINER`.
 //!
-//! Layout: `ssh` (front end: russh, auth, worker processes), `worker` (one SFTP session in its
-//! own process, after taking the target's identity), `sftp` (protocol), `confined` (every path
-//! operation), `target` (finding and describing the process to serve), `privilege` (dropping
-//! to the target's identity), `credentials` (the watched credentials directory), `health`.
+//! Layout: `ssh` (front end: russh, auth, piping channels to workers), `access` (resolving the
+//! target and starting workers), `worker` (one SFTP session in its own process, after taking
+//! the target's identity), `sftp` (protocol), `confined` (every path operation), `target`
+//! (finding and describing the process to serve), `privilege` (dropping to the target's
+//! identity), `credentials` (the watched credentials directory), `health` (probes).
 
+pub mod access;
 pub mod confined;
+pub mod credentials;
+pub mod health;
+pub mod privilege;
 pub mod sftp;
+pub mod ssh;
+pub mod target;
+pub mod worker;

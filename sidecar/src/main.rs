@@ -1,1 +1,151 @@
-fn main() {}
+//! `podsftp-sidecar serve ...` (the SSH front end) and `podsftp-sidecar worker ...` (one SFTP
+//! session, probe or container search in its own process; started by the front end only).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use podsftp_sidecar::{access::Access, credentials, health, ssh, target::Target, worker};
+
+#[derive(Debug, Parser)]
+#[command(name = "podsftp-sidecar", version, about = "SFTP server for the files of another container")]
+struct Cli {
+    /// Log format (inherited by worker processes).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "PODSFTP_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve SFTP.
+    Serve(ServeArgs),
+    /// Internal: one SFTP session, probe or search, started by `serve`.
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["container", "pid", "dir"])))]
+struct ServeArgs {
+    #[arg(long, default_value = "0.0.0.0:2222")]
+    listen: SocketAddr,
+    /// HTTP /healthz and /readyz.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
+    /// Directory with the Secret's keys; without it a password and host key are generated.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// Login name when credentials are generated (local use).
+    #[arg(long, default_value = "sftp")]
+    username: String,
+    /// Serve /proc/<pid>/root of the process whose environment has PODSFTP_CONTAINER=NAME.
+    #[arg(long)]
+    container: Option<String>,
+    /// Serve /proc/<PID>/root.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Serve a local directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Confine users to this directory inside the served root.
+    #[arg(long)]
+    root: Option<OsString>,
+    /// Refuse every change.
+    #[arg(long)]
+    read_only: bool,
+    /// Seconds running sessions get to finish after SIGTERM.
+    #[arg(long, default_value_t = 25)]
+    grace_seconds: u64,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODSFTP_LOG").unwrap_or_else(|_| "info,russh=warn".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Worker(args) => worker::run(args),
+        Command::Serve(args) => {
+            // Workers inherit the log format through the environment.
+            // SAFETY: single-threaded here, before the runtime starts.
+            unsafe { std::env::set_var("PODSFTP_LOG_FORMAT", format!("{:?}", cli.log_format).to_lowercase()) };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let target = match (args.container, args.pid, args.dir) {
+        (Some(name), _, _) => Target::Container(name),
+        (_, Some(pid), _) => Target::Pid(pid),
+        (_, _, Some(dir)) => Target::Dir(dir),
+        _ => anyhow::bail!("one of --container, --pid, --dir is required"),
+    };
+    let access = Arc::new(Access::new(target, args.root, args.read_only).context("inspecting this process")?);
+    let credentials = match args.credentials {
+        Some(dir) => credentials::watch_dir(dir),
+        None => {
+            let generated = credentials::Credentials::generate(args.username);
+            println!(
+                "podsftp-sidecar: no --credentials given; generated for this run: user {} password {} host key {}",
+                generated.username,
+                generated.password().unwrap_or_default(),
+                generated.host_key.public_key().fingerprint(Default::default())
+            );
+            tokio::sync::watch::channel(Ok(Arc::new(generated))).1
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, target = %access.describe(), read_only = args.read_only, version = env!("CARGO_PKG_VERSION"), "serving SFTP");
+    if let Some(addr) = args.health_listen {
+        let health = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+        let ready = health::readiness(credentials.clone(), access.clone());
+        tokio::spawn(health::serve(health, ready));
+    }
+    let shutdown = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    ssh::serve(listener, credentials, access, shutdown, Duration::from_secs(args.grace_seconds)).await;
+    Ok(())
+}

@@ -31,6 +31,9 @@ const READDIR_BATCH: usize = 128;
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub read_only: bool,
+    /// Who is connected (`user` and `client` address), repeated on every audit line.
+    pub user: String,
+    pub client: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,11 +198,12 @@ fn handle_of(request: &Request) -> Option<&[u8]> {
     }
 }
 
-fn audit(op: &str, path: &[u8], outcome: &Result<(), io::Error>) {
+fn audit(who: &Options, op: &str, path: &[u8], outcome: &Result<(), io::Error>) {
     let path = String::from_utf8_lossy(path);
+    let (user, client) = (&who.user, &who.client);
     match outcome {
-        Ok(()) => tracing::info!(target: "audit", op, path = %path, "ok"),
-        Err(e) => tracing::info!(target: "audit", op, path = %path, error = %e, "failed"),
+        Ok(()) => tracing::info!(target: "audit", user, client, op, path = %path, "ok"),
+        Err(e) => tracing::info!(target: "audit", user, client, op, path = %path, error = %e, "failed"),
     }
 }
 
@@ -291,7 +295,7 @@ fn open_flags(p: u32) -> OFlags {
 fn run_path_request(shared: &Arc<Shared>, id: u32, request: Request) -> Response {
     let root = &shared.root;
     let done = |op: &str, path: &[u8], r: io::Result<()>| {
-        audit(op, path, &r);
+        audit(&shared.options, op, path, &r);
         match r {
             Ok(()) => ok(id),
             Err(e) => error_status(id, &e),
@@ -303,14 +307,14 @@ fn run_path_request(shared: &Arc<Shared>, id: u32, request: Request) -> Response
             match root.open_file(&path, open_flags(pflags), attrs.permissions.unwrap_or(0o666)) {
                 Ok(file) => {
                     if modifying {
-                        audit("open-write", &path, &Ok(()));
+                        audit(&shared.options, "open-write", &path, &Ok(()));
                     }
                     let file = Arc::new(file);
                     register(shared, id, Object::File { file: file.clone(), path, written: 0 }, Some(file))
                 }
                 Err(e) => {
                     if modifying {
-                        audit("open-write", &path, &Err(io::Error::from(e.kind())));
+                        audit(&shared.options, "open-write", &path, &Err(io::Error::new(e.kind(), e.to_string())));
                     }
                     error_status(id, &e)
                 }
@@ -430,45 +434,51 @@ fn register(shared: &Arc<Shared>, id: u32, object: Object, file: Option<Arc<File
     let handle = shared.next_handle.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string().into_bytes();
     let (queue, jobs) = mpsc::unbounded_channel();
     handles.insert(handle.clone(), HandleEntry { queue, file });
-    tokio::runtime::Handle::current().spawn(run_handle(object, jobs, shared.replies.clone()));
+    tokio::runtime::Handle::current().spawn(run_handle(object, jobs, shared.clone()));
     Response::Handle { id, handle }
 }
 
 /// Runs one handle's requests in arrival order; ends at CLOSE or when the session ends.
-async fn run_handle(object: Object, mut jobs: mpsc::UnboundedReceiver<Job>, replies: mpsc::UnboundedSender<Reply>) {
+async fn run_handle(object: Object, mut jobs: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
+    let replies = shared.replies.clone();
+    let who = shared.options.clone();
+    // The handle task must not keep the session's handle table alive.
+    drop(shared);
     let mut object = Some(object);
     while let Some(Job { id, request, permit }) = jobs.recv().await {
         let Some(current) = object.take() else { break };
         let closing = matches!(request, Request::Close { .. });
+        let task_who = who.clone();
         let work = tokio::task::spawn_blocking(move || {
             let mut current = current;
-            let response = run_handle_request(&mut current, id, request);
+            let response = run_handle_request(&task_who, &mut current, id, request);
             (current, response)
         });
         let Ok((current, response)) = work.await else { break };
         let _ = replies.send((response, permit));
         if closing {
-            finish(current);
+            finish(&who, current);
             break;
         }
         object = Some(current);
     }
     if let Some(current) = object {
-        finish(current);
+        finish(&who, current);
     }
 }
 
 /// Logs the audit line for a file that was written through a handle.
-fn finish(object: Object) {
+fn finish(who: &Options, object: Object) {
     if let Object::File { path, written, .. } = object {
         if written > 0 {
             let path = String::from_utf8_lossy(&path);
-            tracing::info!(target: "audit", op = "write", path = %path, bytes = written, "ok");
+            let (user, client) = (&who.user, &who.client);
+            tracing::info!(target: "audit", user, client, op = "write", path = %path, bytes = written, "ok");
         }
     }
 }
 
-fn run_handle_request(object: &mut Object, id: u32, request: Request) -> Response {
+fn run_handle_request(who: &Options, object: &mut Object, id: u32, request: Request) -> Response {
     match (object, request) {
         (_, Request::Close { .. }) => ok(id),
         (Object::File { file, .. }, Request::Read { offset, len, .. }) => {
@@ -494,7 +504,7 @@ fn run_handle_request(object: &mut Object, id: u32, request: Request) -> Respons
         (Object::Dir { fd, .. }, Request::Fstat { .. }) => attrs_reply(id, rustix::fs::fstat(&*fd).map_err(io::Error::from)),
         (Object::File { file, path, .. }, Request::Fsetstat { attrs, .. }) => {
             let r = fsetstat(&**file, &attrs);
-            audit("setstat", path, &r.as_ref().map(|_| ()).map_err(|e| io::Error::from(e.kind())));
+            audit(who, "setstat", path, &r.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
             match r {
                 Ok(()) => ok(id),
                 Err(e) => error_status(id, &e),

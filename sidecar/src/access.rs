@@ -1,0 +1,198 @@
+//! The front end's view of the target: which path to serve, whether a worker must take another
+//! identity to reach it, and the worker processes themselves (`podsftp-sidecar worker ...`).
+//!
+//! One code path: every SFTP session, every readiness probe and every container search runs in
+//! a worker process. When the front end runs as root ("switch" mode) the worker first becomes
+//! the target process's uid/gid/groups/capabilities; otherwise it runs as the front end.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use tokio::process::{Child, Command};
+
+use crate::target::{self, Identity, Target};
+
+/// The target as resolved for one session or probe.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Host path of the served root before `--root`: a directory or `/proc/<pid>/root`.
+    pub path: PathBuf,
+    /// Identity the worker takes before touching `path` (switch mode only).
+    pub become_identity: Option<Identity>,
+    pub pid: Option<u32>,
+}
+
+pub struct Access {
+    target: Target,
+    sub_root: Option<OsString>,
+    read_only: bool,
+    exe: PathBuf,
+    me: Identity,
+    /// Container mode: the pid found last time and its start time (to detect pid reuse).
+    found: Mutex<Option<(u32, u64)>>,
+}
+
+impl Access {
+    pub fn new(target: Target, sub_root: Option<OsString>, read_only: bool) -> std::io::Result<Access> {
+        Ok(Access {
+            target,
+            sub_root,
+            read_only,
+            exe: std::env::current_exe()?,
+            me: target::own_identity()?,
+            found: Mutex::new(None),
+        })
+    }
+
+    fn switching(&self) -> bool {
+        self.me.uid == 0
+    }
+
+    fn for_pid(&self, pid: u32) -> Result<Resolved, String> {
+        let identity = match target::identity_of(pid) {
+            Ok(id) => id,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(format!("process {pid} is gone")),
+            Err(e) => return Err(format!("cannot read /proc/{pid}/status: {e}")),
+        };
+        let become_identity = if self.switching() {
+            if identity.caps & !self.me.caps != 0 {
+                return Err(format!(
+                    "process {pid} ({identity}) holds capabilities this sidecar lacks ({}): a worker could not match its permitted set, so the kernel would refuse /proc/{pid}/root (EACCES)",
+                    self.me
+                ));
+            }
+            Some(identity)
+        } else {
+            if !self.me.can_reach(&identity) {
+                return Err(format!(
+                    "process {pid} runs as {identity}, this sidecar as {}: the kernel refuses /proc/{pid}/root (EACCES) unless uid and gid are equal and our permitted capabilities cover the target's; run the sidecar as that uid/gid, or as root so it can switch",
+                    self.me
+                ));
+            }
+            None
+        };
+        Ok(Resolved { path: PathBuf::from(format!("/proc/{pid}/root")), become_identity, pid: Some(pid) })
+    }
+
+    /// Where sessions go right now; in container mode the process is searched again when the
+    /// last one is gone (the container restarted).
+    pub async fn resolve(&self) -> Result<Resolved, String> {
+        match &self.target {
+            Target::Dir(dir) => Ok(Resolved { path: dir.clone(), become_identity: None, pid: None }),
+            Target::Pid(pid) => self.for_pid(*pid),
+            Target::Container(name) => {
+                let cached = *self.found.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((pid, start)) = cached {
+                    if target::start_time(pid) == Some(start) {
+                        return self.for_pid(pid);
+                    }
+                    tracing::info!(pid, container = %name, "served process is gone; searching again");
+                }
+                let pid = self.find_container(name).await?;
+                if let Some(start) = target::start_time(pid) {
+                    *self.found.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, start));
+                }
+                tracing::info!(pid, container = %name, "found the served container's process");
+                self.for_pid(pid)
+            }
+        }
+    }
+
+    async fn find_container(&self, name: &str) -> Result<u32, String> {
+        let groups = target::candidates();
+        let total: usize = groups.values().map(Vec::len).sum();
+        let mut unreadable = Vec::new();
+        for (identity, pids) in groups {
+            let pid_list: Vec<String> = pids.iter().map(u32::to_string).collect();
+            let become_identity = if self.switching() {
+                if identity.caps & !self.me.caps != 0 {
+                    unreadable.push(format!("{} process(es) as {identity}: capabilities exceed ours", pids.len()));
+                    continue;
+                }
+                Some(&identity)
+            } else if self.me.can_reach(&identity) {
+                None
+            } else {
+                unreadable.push(format!("{} process(es) as {identity}: other uid/gid/capabilities than ours ({})", pids.len(), self.me));
+                continue;
+            };
+            let mut cmd = self.worker_command("find", become_identity);
+            cmd.arg("--container").arg(name).arg("--pids").arg(pid_list.join(","));
+            let output = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).output().await
+                .map_err(|e| format!("cannot start worker {}: {e}", self.exe.display()))?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if let Some(pid) = stdout.lines().find_map(|l| l.strip_prefix("match ")).and_then(|p| p.trim().parse().ok()) {
+                return Ok(pid);
+            }
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if !output.status.success() {
+                unreadable.push(format!("{} process(es) as {identity}: {}", pids.len(), stderr.trim()));
+            }
+        }
+        let mut reason = format!("no process has {}={name} (looked at {total} processes)", target::CONTAINER_ENV);
+        if !unreadable.is_empty() {
+            reason.push_str("; could not check ");
+            reason.push_str(&unreadable.join("; "));
+        }
+        Err(reason)
+    }
+
+    fn worker_command(&self, mode: &str, become_identity: Option<&Identity>) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("worker").arg(mode);
+        if let Some(id) = become_identity {
+            cmd.arg("--as").arg(id.to_arg());
+        }
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    fn root_args(&self, cmd: &mut Command, resolved: &Resolved) {
+        cmd.arg("--path").arg(&resolved.path);
+        if let Some(sub) = &self.sub_root {
+            cmd.arg("--root").arg(sub);
+        }
+    }
+
+    /// Checks that a worker can open the served root; the error says why not.
+    pub async fn probe(&self) -> Result<(), String> {
+        let resolved = self.resolve().await?;
+        let mut cmd = self.worker_command("probe", resolved.become_identity.as_ref());
+        self.root_args(&mut cmd, &resolved);
+        let output = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).output().await
+            .map_err(|e| format!("cannot start worker {}: {e}", self.exe.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            let as_whom = resolved.become_identity.as_ref().map_or_else(|| self.me.to_string(), Identity::to_string);
+            Err(format!("worker running as {as_whom}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+        }
+    }
+
+    /// Starts the worker for one SFTP session; its stdin/stdout carry the SFTP stream.
+    pub fn spawn_sftp(&self, resolved: &Resolved, user: &str, client: &str) -> std::io::Result<Child> {
+        let mut cmd = self.worker_command("sftp", resolved.become_identity.as_ref());
+        self.root_args(&mut cmd, resolved);
+        if self.read_only {
+            cmd.arg("--read-only");
+        }
+        cmd.arg("--user").arg(user).arg("--client").arg(client);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.spawn()
+    }
+
+    pub fn describe(&self) -> String {
+        let base = match &self.target {
+            Target::Dir(d) => format!("directory {}", d.display()),
+            Target::Pid(p) => format!("process {p}"),
+            Target::Container(c) => format!("container {c}"),
+        };
+        match &self.sub_root {
+            Some(sub) => format!("{base}, root {}", String::from_utf8_lossy(sub.as_bytes())),
+            None => base,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The login: one username, a password and/or authorized keys, and the host key.
+//!
+//! In a pod they come from the Secret mounted as a directory (keys `username`, `password`,
+//! `authorized_keys`, `ssh_host_ed25519_key`). Kubernetes swaps a `..data` symlink when the
+//! Secret changes, so the directory is polled (its files are tiny) rather than single files
+//! watched. Missing or broken credentials mean "serve nothing, not ready", never a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{Algorithm, PrivateKey, PublicKey};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct Credentials {
+    pub username: String,
+    password: Option<String>,
+    authorized_keys: Vec<PublicKey>,
+    pub host_key: PrivateKey,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("authorized_keys", &self.authorized_keys.len())
+            .finish()
+    }
+}
+
+/// Current credentials, or why there are none.
+pub type State = Result<Arc<Credentials>, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0} is empty")]
+    Empty(&'static str),
+    #[error("ssh_host_ed25519_key is not an OpenSSH private key: {0}")]
+    HostKey(russh::keys::ssh_key::Error),
+    #[error("neither password nor authorized_keys is set: nobody could log in")]
+    NoLogin,
+}
+
+impl Credentials {
+    /// Constant-time in the password; the username comparison is folded in so a wrong user and
+    /// a wrong password take the same path.
+    pub fn password_matches(&self, user: &str, password: &str) -> bool {
+        let Some(expected) = &self.password else { return false };
+        let user_ok = user.as_bytes().ct_eq(self.username.as_bytes());
+        let password_ok = password.as_bytes().ct_eq(expected.as_bytes());
+        bool::from(user_ok & password_ok)
+    }
+
+    pub fn key_matches(&self, user: &str, key: &PublicKey) -> bool {
+        let user_ok = bool::from(user.as_bytes().ct_eq(self.username.as_bytes()));
+        let key_ok = self.authorized_keys.iter().any(|k| k.key_data() == key.key_data());
+        user_ok && key_ok
+    }
+
+    /// For local use without `--credentials`: a random password and host key.
+    pub fn generate(username: String) -> Credentials {
+        let host_key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
+            .expect("ed25519 key generation does not fail");
+        Credentials { username, password: Some(random_password()), authorized_keys: Vec::new(), host_key }
+    }
+
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+}
+
+fn random_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; 24];
+    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// Parses `authorized_keys`: comments and blank lines skipped, leading options (which may
+/// contain quoted spaces) skipped by trying each token as the start of the key. Options are
+/// not applied: this server offers nothing they could restrict beyond SFTP itself.
+pub fn parse_authorized_keys(text: &str) -> Vec<PublicKey> {
+    let mut keys = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let starts = std::iter::once(0).chain(line.match_indices(char::is_whitespace).map(|(i, _)| i + 1));
+        let mut parsed = None;
+        for start in starts {
+            if let Ok(key) = PublicKey::from_openssh(line[start..].trim_start()) {
+                parsed = Some(key);
+                break;
+            }
+        }
+        match parsed {
+            Some(key) => keys.push(key),
+            None => tracing::warn!("authorized_keys: skipping a line that holds no OpenSSH public key"),
+        }
+    }
+    keys
+}
+
+/// The raw files, compared between polls to notice changes.
+#[derive(PartialEq, Eq)]
+struct Snapshot(Vec<Option<Vec<u8>>>);
+
+const FILES: [&str; 4] = ["username", "password", "authorized_keys", "ssh_host_ed25519_key"];
+
+fn snapshot(dir: &Path) -> Snapshot {
+    Snapshot(FILES.iter().map(|f| std::fs::read(dir.join(f)).ok()).collect())
+}
+
+pub fn load(dir: &Path) -> Result<Credentials, CredentialsError> {
+    let read = |name: &'static str, required: bool| -> Result<Option<String>, CredentialsError> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim().is_empty() && required => Err(CredentialsError::Empty(name)),
+            Ok(s) if s.trim().is_empty() => Ok(None),
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
+            Err(source) => Err(CredentialsError::Read { path, source }),
+        }
+    };
+    let username = read("username", true)?.unwrap_or_default().trim().to_string();
+    // A trailing newline (as `echo` writes) is not part of the password.
+    let password = read("password", false)?.map(|p| p.trim_end_matches(['\n', '\r']).to_string());
+    let authorized_keys = read("authorized_keys", false)?.map(|t| parse_authorized_keys(&t)).unwrap_or_default();
+    let host_key_text = read("ssh_host_ed25519_key", true)?.unwrap_or_default();
+    let host_key = PrivateKey::from_openssh(host_key_text.trim()).map_err(CredentialsError::HostKey)?;
+    if password.is_none() && authorized_keys.is_empty() {
+        return Err(CredentialsError::NoLogin);
+    }
+    Ok(Credentials { username, password, authorized_keys, host_key })
+}
+
+fn load_state(dir: &Path) -> State {
+    if !dir.is_dir() {
+        return Err(format!("credentials directory {} does not exist (yet)", dir.display()));
+    }
+    load(dir).map(Arc::new).map_err(|e| format!("credentials in {}: {e}", dir.display()))
+}
+
+/// Loads the directory now and keeps reloading it when its files change.
+pub fn watch_dir(dir: PathBuf) -> watch::Receiver<State> {
+    let first = load_state(&dir);
+    report(&first);
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        let mut last = snapshot(&dir);
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let now = snapshot(&dir);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let state = load_state(&dir);
+            report(&state);
+            if tx.send(state).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn report(state: &State) {
+    match state {
+        Ok(c) => tracing::info!(
+            username = %c.username,
+            password = c.password.is_some(),
+            authorized_keys = c.authorized_keys.len(),
+            host_key = %c.host_key.public_key().fingerprint(Default::default()),
+            "credentials loaded"
+        ),
+        Err(reason) => tracing::warn!(%reason, "no usable credentials: refusing every login"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHAQWEYjPIlQDW3ZmxYEL0s3fJc1ZA7MmbzNAXWXQpCd user@host";
+
+    #[test]
+    fn authorized_keys_with_options_comments_and_garbage() {
+        let text = format!("# comment\n\n{KEY}\nno-pty,command=\"echo a b\" {KEY}\nnot a key\n");
+        assert_eq!(parse_authorized_keys(&text).len(), 2);
+    }
+
+    #[test]
+    fn wrong_user_and_wrong_password_both_fail() {
+        let mut c = Credentials::generate("web".into());
+        c.password = Some("secret".into());
+        assert!(c.password_matches("web", "secret"));
+        assert!(!c.password_matches("web", "secreT"));
+        assert!(!c.password_matches("root", "secret"));
+        assert!(!c.password_matches("web", ""));
+    }
+
+    #[test]
+    fn missing_directory_and_files_are_reasons_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_state(&dir.path().join("nope")).unwrap_err().contains("does not exist"));
+        assert!(load_state(dir.path()).unwrap_err().contains("username"));
+        std::fs::write(dir.path().join("username"), "web\n").unwrap();
+        std::fs::write(dir.path().join("ssh_host_ed25519_key"), "garbage").unwrap();
+        assert!(load_state(dir.path()).unwrap_err().contains("OpenSSH private key"));
+    }
+}

@@ -1,0 +1,142 @@
+//! The worker process: one SFTP session (or a probe, or a container search) after taking the
+//! target's identity. Runs `privilege::become_identity` before it has threads and before it
+//! touches `/proc/<pid>/...`; speaks SFTP on stdin/stdout.
+
+use std::ffi::OsString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::confined::Root;
+use crate::privilege;
+use crate::sftp::server::{self, Options};
+use crate::target::{self, EnvCheck, Identity};
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Args)]
+struct Become {
+    /// Identity to take first: uid:gid:groups:capshex.
+    #[arg(long = "as", value_parser = parse_identity)]
+    become_identity: Option<Identity>,
+}
+
+fn parse_identity(s: &str) -> Result<Identity, String> {
+    Identity::from_arg(s).ok_or_else(|| format!("not uid:gid:groups:capshex: {s}"))
+}
+
+#[derive(Debug, Args)]
+struct RootArgs {
+    #[arg(long)]
+    path: PathBuf,
+    #[arg(long)]
+    root: Option<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Serve one SFTP session on stdin/stdout.
+    Sftp {
+        #[command(flatten)]
+        who: Become,
+        #[command(flatten)]
+        root: RootArgs,
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        client: String,
+    },
+    /// Exit 0 if the served root can be opened, else print why.
+    Probe {
+        #[command(flatten)]
+        who: Become,
+        #[command(flatten)]
+        root: RootArgs,
+    },
+    /// Print `match <pid>` for the process whose environment names the container.
+    Find {
+        #[command(flatten)]
+        who: Become,
+        #[arg(long)]
+        container: String,
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+    },
+}
+
+fn take_identity(who: &Become) -> Result<(), String> {
+    match &who.become_identity {
+        Some(id) => privilege::become_identity(id).map_err(|e| format!("cannot take identity {id}: {e}")),
+        None => privilege::forbid_new_privileges().map_err(|e| e.to_string()),
+    }
+}
+
+fn open_root(args: &RootArgs) -> Result<Root, String> {
+    let root = Root::open(&args.path).map_err(|e| format!("cannot open {}: {e}", args.path.display()))?;
+    match &args.root {
+        Some(sub) => root
+            .subdir(sub.as_bytes())
+            .map_err(|e| format!("cannot open --root {} inside {}: {e}", String::from_utf8_lossy(sub.as_bytes()), args.path.display())),
+        None => Ok(root),
+    }
+}
+
+pub fn run(args: WorkerArgs) -> ExitCode {
+    let result = match args.mode {
+        Mode::Probe { who, root } => take_identity(&who).and_then(|()| open_root(&root)).map(drop),
+        Mode::Find { who, container, pids } => take_identity(&who).and_then(|()| find(&container, &pids)),
+        Mode::Sftp { who, root, read_only, user, client } => {
+            take_identity(&who).and_then(|()| open_root(&root)).and_then(|r| sftp(r, Options { read_only, user, client }))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("{reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn find(container: &str, pids: &[u32]) -> Result<(), String> {
+    let mut denied = Vec::new();
+    for &pid in pids {
+        match target::check_environ(pid, container) {
+            Ok(EnvCheck::Match) => {
+                println!("match {pid}");
+                return Ok(());
+            }
+            Ok(EnvCheck::NoMatch | EnvCheck::Sidecar) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => denied.push(format!("pid {pid}: {e}")),
+        }
+    }
+    if denied.is_empty() { Ok(()) } else { Err(format!("cannot read environ of {}", denied.join(", "))) }
+}
+
+fn sftp(root: Root, options: Options) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    runtime.block_on(async {
+        // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
+        let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
+        let input = tokio::net::unix::pipe::Receiver::from_owned_fd(stdin).map_err(|e| format!("stdin: {e}"))?;
+        let output = tokio::net::unix::pipe::Sender::from_owned_fd(stdout).map_err(|e| format!("stdout: {e}"))?;
+        server::serve(root, options, input, output).await.map_err(|e| {
+            tracing::warn!(error = %e, "closing SFTP session");
+            e.to_string()
+        })
+    })
+}
