@@ -1,0 +1,217 @@
+//! Test harness: a podsftp-sidecar on a free loopback port with its own credentials directory,
+//! and helpers that drive the real OpenSSH clients (`sftp`, `scp`, `ssh`) against it.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "tester";
+pub const PASSWORD: &str = "correct-horse-battery-staple-42";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_podsftp-sidecar")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+}
+
+/// A credentials directory laid out like the mounted Secret (files mode 0444).
+pub struct Credentials {
+    pub dir: tempfile::TempDir,
+    /// The client's private key (outside the credentials directory, mode 0600 as ssh wants).
+    pub client_key: PathBuf,
+    _client_dir: tempfile::TempDir,
+}
+
+impl Credentials {
+    pub fn new() -> Credentials {
+        let dir = tempfile::tempdir().unwrap();
+        let client_dir = tempfile::tempdir().unwrap();
+        let client_key = client_dir.path().join("id_ed25519");
+        keygen(&client_key);
+        keygen(&dir.path().join("ssh_host_ed25519_key"));
+        std::fs::write(dir.path().join("username"), USER).unwrap();
+        std::fs::write(dir.path().join("password"), PASSWORD).unwrap();
+        std::fs::copy(client_key.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
+        for f in ["username", "password", "authorized_keys", "ssh_host_ed25519_key"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path().join(f), std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+        Credentials { dir, client_key, _client_dir: client_dir }
+    }
+}
+
+pub struct Server {
+    pub port: u16,
+    pub health_port: u16,
+    pub creds: Credentials,
+    child: Child,
+    pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `serve` with `extra` target arguments (e.g. `--dir X`) and waits until it listens.
+    pub fn start(extra: &[&str]) -> Server {
+        Self::start_with(Credentials::new(), extra)
+    }
+
+    pub fn start_with(creds: Credentials, extra: &[&str]) -> Server {
+        let port = free_port();
+        let health_port = free_port();
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("server.log");
+        let child = Command::new(bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--health-listen", &format!("127.0.0.1:{health_port}")])
+            .arg("--credentials")
+            .arg(creds.dir.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start podsftp-sidecar");
+        let server = Server { port, health_port, creds, child, log, _log_dir: log_dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "server did not listen; log:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn ssh_options(&self) -> Vec<String> {
+        [
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=20",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// An OpenSSH client command logging in with the password through sshpass.
+    pub fn with_password(&self, program: &str, password: &str) -> Command {
+        let mut cmd = Command::new("sshpass");
+        cmd.arg("-p").arg(password).arg(program).args(self.ssh_options());
+        cmd.args(["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"]);
+        cmd.args(["-o", "NumberOfPasswordPrompts=1"]);
+        cmd
+    }
+
+    /// An OpenSSH client command logging in with the client key.
+    pub fn with_key(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(self.ssh_options());
+        cmd.args(["-o", "BatchMode=yes", "-o", "PasswordAuthentication=no", "-o", "IdentitiesOnly=yes", "-i"]);
+        cmd.arg(&self.creds.client_key);
+        cmd
+    }
+
+    pub fn destination(&self) -> String {
+        format!("{USER}@127.0.0.1")
+    }
+
+    /// Runs an `sftp -b` batch with the password; returns the output.
+    pub fn sftp_batch(&self, script: &str) -> Output {
+        let mut cmd = self.with_password("sftp", PASSWORD);
+        self.run_batch(&mut cmd, script)
+    }
+
+    pub fn sftp_batch_key(&self, script: &str) -> Output {
+        let mut cmd = self.with_key("sftp");
+        self.run_batch(&mut cmd, script)
+    }
+
+    fn run_batch(&self, cmd: &mut Command, script: &str) -> Output {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(script.as_bytes()).unwrap();
+        cmd.arg("-P").arg(self.port.to_string()).arg("-b").arg(file.path()).arg(self.destination());
+        cmd.output().expect("run sftp")
+    }
+
+    pub fn http(&self, path: &str) -> (u16, String) {
+        use std::io::Read;
+        let mut s = TcpStream::connect(("127.0.0.1", self.health_port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (code, body)
+    }
+
+    /// Waits until /readyz answers `code` (the server probes every few seconds).
+    pub fn wait_ready(&self, code: u16) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (c, body) = self.http("/readyz");
+            if c == code {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "readyz stayed {c}: {body}\nlog:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut f = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut f, &mut hasher).unwrap();
+    format!("{:x}", hasher.finalize())
+}
+
+/// Writes `size` bytes of deterministic pseudo-random data.
+pub fn random_file(path: &Path, size: usize) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = size as u64 ^ 0x243f6a8885a308d3;
+    let mut written = 0;
+    while written < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bytes = x.to_le_bytes();
+        let n = bytes.len().min(size - written);
+        f.write_all(&bytes[..n]).unwrap();
+        written += n;
+    }
+}
