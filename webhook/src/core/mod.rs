@@ -1,0 +1,85 @@
+//! The pure core of the webhook: which pods are injected, what the patch is, and how owners are
+//! named. Nothing here talks to the cluster or the network; everything is a function of its inputs,
+//! so it is tested on plain manifests.
+
+pub mod names;
+pub mod patch;
+pub mod selection;
+pub mod settings;
+
+/// Labels and annotations of the product contract (PRODUCT.md).
+pub mod keys {
+    pub const NAMESPACE_INJECTION: &str = "podsftp.io/injection";
+    pub const POD_OPT: &str = "sftp";
+    pub const OWNER_LABEL: &str = "podsftp.io/owner";
+    /// Webhook-written: `<Kind>/<name>` of the topmost owner, read back by the controller.
+    pub const OWNER_REF_ANNOTATION: &str = "podsftp.io/owner";
+    pub const STATUS: &str = "podsftp.io/status";
+    pub const STATUS_INJECTED: &str = "injected";
+    pub const CONTAINER: &str = "podsftp.io/container";
+    pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+    pub const ROOT: &str = "podsftp.io/root";
+    pub const READ_ONLY: &str = "podsftp.io/read-only";
+    pub const USERNAME: &str = "podsftp.io/username";
+    pub const AUTHORIZED_KEYS: &str = "podsftp.io/authorized-keys";
+    pub const SERVICE_TYPE: &str = "podsftp.io/service-type";
+    pub const SERVICE_PORT: &str = "podsftp.io/service-port";
+    pub const LOAD_BALANCER_SOURCE_RANGES: &str = "podsftp.io/load-balancer-source-ranges";
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "podsftp";
+    pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+    pub const SIDECAR_NAME: &str = "podsftp";
+    pub const CREDENTIALS_VOLUME: &str = "podsftp-credentials";
+    pub const CREDENTIALS_PATH: &str = "/etc/podsftp/credentials";
+    pub const CONTAINER_ENV: &str = "PODSFTP_CONTAINER";
+    pub const SIDECAR_PORT: i32 = 2222;
+    pub const SIDECAR_HEALTH_PORT: i32 = 2223;
+}
+
+/// The topmost owner of a pod as far as admission knows it: what names the Secret, the Service and
+/// the owner label.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+impl Owner {
+    /// `<Kind>/<name>`, the value of the owner annotation on injected pods.
+    pub fn to_annotation(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+
+    /// Parses [`Owner::to_annotation`] (the apiVersion is not needed by the reader).
+    pub fn kind_and_name_from_annotation(value: &str) -> Option<(&str, &str)> {
+        value.split_once('/').filter(|(kind, name)| !kind.is_empty() && !name.is_empty())
+    }
+}
+
+/// The controller owner reference of an object (the one with `controller: true`).
+pub fn controller_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references.iter().flatten().find(|r| r.controller == Some(true))
+}
+
+/// The owner of a pod that has no controller: the pod itself. A pod created with only
+/// `generateName` has no name yet at admission, so its owner is named after the `generateName`
+/// stem (every such pod with the same stem shares one login and one Service).
+pub fn bare_pod_owner(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Owner> {
+    let name = match pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => pod.metadata.generate_name.as_deref()?.trim_end_matches(['-', '.']).to_string(),
+    };
+    (!name.is_empty()).then(|| Owner { api_version: "v1".into(), kind: "Pod".into(), name })
+}
+
+/// The nearest owner of a pod: its controller, or itself. Used when the topmost owner cannot be
+/// resolved in time.
+pub fn nearest_owner(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Owner> {
+    match controller_of(&pod.metadata) {
+        Some(r) => Some(Owner { api_version: r.api_version.clone(), kind: r.kind.clone(), name: r.name.clone() }),
+        None => bare_pod_owner(pod),
+    }
+}

@@ -1,0 +1,312 @@
+//! The JSON patch that injects the sidecar: a pure function of the pod, its namespace's labels, its
+//! topmost owner and the settings (PRODUCT.md "What the patch does", contracts "Sidecar container").
+//!
+//! The patch is built from explicit operations (not a diff of re-serialized pods) so fields that
+//! this version of the Kubernetes types does not know survive untouched.
+
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{Value, json};
+
+use super::names;
+use super::settings::{SidecarPlacement, Settings};
+use super::{Owner, keys};
+
+/// Why a selected pod is nonetheless left unchanged (it is allowed, never denied).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatchError {
+    #[error("the pod has no containers")]
+    NoContainers,
+    #[error("container {0:?} named by the annotation {ann} does not exist", ann = keys::CONTAINER)]
+    ContainerNotFound(String),
+    #[error("the pod uses hostPID, which cannot be combined with shareProcessNamespace")]
+    HostPid,
+    #[error("the pod is a Windows pod")]
+    Windows,
+    #[error("port {0} is already used by a container of the pod")]
+    PortInUse(i32),
+    #[error("the pod already has a container or volume named {0:?}")]
+    NameTaken(&'static str),
+    #[error(
+        "the namespace enforces Pod Security 'restricted', which needs the served container's \
+         runAsUser and runAsGroup (non-zero) in the pod spec"
+    )]
+    RestrictedNeedsIds,
+}
+
+/// The patch and the warnings to return with it.
+#[derive(Debug)]
+pub struct Mutation {
+    pub patch: Patch,
+    pub warnings: Vec<String>,
+}
+
+/// How the sidecar gets the right to open `/proc/<pid>/root` of the served container.
+#[derive(Debug, PartialEq, Eq)]
+enum Privilege {
+    /// Same uid and gid as the app, capabilities dropped except those the app adds.
+    Mirror { uid: i64, gid: i64, add: Vec<String> },
+    /// Root with the runtime's default capabilities; the sidecar switches per session.
+    Switch,
+}
+
+pub fn mutate(
+    pod: &Pod,
+    namespace_labels: &BTreeMap<String, String>,
+    owner: &Owner,
+    settings: &Settings,
+) -> Result<Mutation, PatchError> {
+    let spec = pod.spec.as_ref().filter(|s| !s.containers.is_empty()).ok_or(PatchError::NoContainers)?;
+    if spec.host_pid == Some(true) {
+        return Err(PatchError::HostPid);
+    }
+    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
+        return Err(PatchError::Windows);
+    }
+    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
+    let all_containers = || spec.containers.iter().chain(init_containers);
+    if all_containers().any(|c| c.name == keys::SIDECAR_NAME) {
+        return Err(PatchError::NameTaken(keys::SIDECAR_NAME));
+    }
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    if volumes.iter().any(|v| v.name == keys::CREDENTIALS_VOLUME) {
+        return Err(PatchError::NameTaken(keys::CREDENTIALS_VOLUME));
+    }
+    for port in [keys::SIDECAR_PORT, keys::SIDECAR_HEALTH_PORT] {
+        let used = all_containers().flat_map(|c| c.ports.iter().flatten()).any(|p| p.container_port == port);
+        if used {
+            return Err(PatchError::PortInUse(port));
+        }
+    }
+
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let (served_index, served) = served_container(&spec.containers, &annotations)?;
+    let privilege = privilege(pod, served);
+    let enforce = namespace_labels.get(keys::POD_SECURITY_ENFORCE).map(String::as_str);
+    if privilege == Privilege::Switch && enforce == Some("restricted") {
+        return Err(PatchError::RestrictedNeedsIds);
+    }
+    let mut warnings = Vec::new();
+    let ptrace = settings.allow_ptrace && matches!(enforce, None | Some("privileged"));
+    if settings.allow_ptrace && !ptrace {
+        warnings.push("podsftp: SYS_PTRACE not added: the namespace enforces a Pod Security level below privileged".into());
+    }
+
+    let sidecar = sidecar_container(settings, &served.name, &annotations, &privilege, ptrace);
+    let mut ops = vec![add("/spec/shareProcessNamespace", json!(true))];
+    let (list, sidecar) = match settings.placement {
+        SidecarPlacement::Native => {
+            ("initContainers", Container { restart_policy: Some("Always".into()), ..sidecar })
+        }
+        SidecarPlacement::Classic => ("containers", sidecar),
+    };
+    let list_present = match settings.placement {
+        SidecarPlacement::Native => spec.init_containers.is_some(),
+        SidecarPlacement::Classic => true,
+    };
+    ops.push(append(&format!("/spec/{list}"), list_present, to_value(&sidecar)));
+    ops.push(append("/spec/volumes", spec.volumes.is_some(), to_value(&credentials_volume(owner))));
+    ops.push(served_env(served_index, served));
+    let owner_label = names::owner_label(owner);
+    ops.extend(set_map_entries("/metadata/labels", pod.metadata.labels.is_some(), &[(keys::OWNER_LABEL, &owner_label)]));
+    let owner_annotation = owner.to_annotation();
+    ops.extend(set_map_entries(
+        "/metadata/annotations",
+        pod.metadata.annotations.is_some(),
+        &[(keys::STATUS, keys::STATUS_INJECTED), (keys::OWNER_REF_ANNOTATION, &owner_annotation)],
+    ));
+    Ok(Mutation { patch: Patch(ops), warnings })
+}
+
+fn served_container<'a>(
+    containers: &'a [Container],
+    annotations: &BTreeMap<String, String>,
+) -> Result<(usize, &'a Container), PatchError> {
+    let explicit = annotations.get(keys::CONTAINER);
+    let wanted = explicit.or_else(|| annotations.get(keys::DEFAULT_CONTAINER));
+    match wanted {
+        Some(name) => match containers.iter().enumerate().find(|(_, c)| &c.name == name) {
+            Some(found) => Ok(found),
+            // kubectl's default-container annotation may be stale; only our own one is binding.
+            None if explicit.is_none() => Ok((0, &containers[0])),
+            None => Err(PatchError::ContainerNotFound(name.clone())),
+        },
+        None => Ok((0, &containers[0])),
+    }
+}
+
+fn privilege(pod: &Pod, served: &Container) -> Privilege {
+    let pod_context = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let container_context = served.security_context.as_ref();
+    let uid = container_context.and_then(|c| c.run_as_user).or(pod_context.and_then(|p| p.run_as_user));
+    let gid = container_context.and_then(|c| c.run_as_group).or(pod_context.and_then(|p| p.run_as_group));
+    match (uid, gid) {
+        (Some(uid), Some(gid)) if uid != 0 => {
+            let add = container_context
+                .and_then(|c| c.capabilities.as_ref())
+                .and_then(|c| c.add.clone())
+                .unwrap_or_default();
+            Privilege::Mirror { uid, gid, add }
+        }
+        _ => Privilege::Switch,
+    }
+}
+
+fn security_context(privilege: &Privilege, ptrace: bool) -> SecurityContext {
+    let ptrace_cap = ptrace.then(|| "SYS_PTRACE".to_string());
+    let base = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+        ..Default::default()
+    };
+    match privilege {
+        Privilege::Mirror { uid, gid, add } => SecurityContext {
+            run_as_user: Some(*uid),
+            run_as_group: Some(*gid),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(add.iter().cloned().chain(ptrace_cap).collect()).filter(|a: &Vec<_>| !a.is_empty()),
+            }),
+            ..base
+        },
+        Privilege::Switch => SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            capabilities: ptrace_cap.map(|cap| Capabilities { add: Some(vec![cap]), drop: None }),
+            ..base
+        },
+    }
+}
+
+fn sidecar_container(
+    settings: &Settings,
+    served: &str,
+    annotations: &BTreeMap<String, String>,
+    privilege: &Privilege,
+    ptrace: bool,
+) -> Container {
+    let mut args: Vec<String> = [
+        "serve",
+        "--listen",
+        "0.0.0.0:2222",
+        "--health-listen",
+        "0.0.0.0:2223",
+        "--credentials",
+        keys::CREDENTIALS_PATH,
+        "--container",
+        served,
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(root) = annotations.get(keys::ROOT).filter(|r| !r.is_empty()) {
+        args.extend(["--root".into(), root.clone()]);
+    }
+    if annotations.get(keys::READ_ONLY).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        args.push("--read-only".into());
+    }
+    args.extend(["--log-format".into(), settings.sidecar_log_format.clone()]);
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("sftp-health".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let quantities = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([("cpu".to_string(), Quantity(cpu.into())), ("memory".to_string(), Quantity(memory.into()))]))
+    };
+    let resources = &settings.resources;
+    Container {
+        name: keys::SIDECAR_NAME.into(),
+        image: Some(settings.sidecar_image.clone()),
+        image_pull_policy: Some(settings.sidecar_image_pull_policy.clone()),
+        args: Some(args),
+        ports: Some(vec![
+            ContainerPort { name: Some("sftp".into()), container_port: keys::SIDECAR_PORT, protocol: Some("TCP".into()), ..Default::default() },
+            ContainerPort { name: Some("sftp-health".into()), container_port: keys::SIDECAR_HEALTH_PORT, protocol: Some("TCP".into()), ..Default::default() },
+        ]),
+        env: Some(vec![EnvVar { name: "PODSFTP_SIDECAR".into(), value: Some("1".into()), ..Default::default() }]),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe("/healthz")),
+        resources: Some(ResourceRequirements {
+            requests: quantities(&resources.cpu_request, &resources.memory_request),
+            limits: quantities(&resources.cpu_limit, &resources.memory_limit),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: keys::CREDENTIALS_VOLUME.into(),
+            mount_path: keys::CREDENTIALS_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        security_context: Some(security_context(privilege, ptrace)),
+        ..Default::default()
+    }
+}
+
+fn credentials_volume(owner: &Owner) -> Volume {
+    Volume {
+        name: keys::CREDENTIALS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::secret_name(&owner.name)),
+            default_mode: Some(0o444),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Sets `PODSFTP_CONTAINER=<name>` on the served container (replacing a stale value).
+fn served_env(index: usize, served: &Container) -> PatchOperation {
+    let base = format!("/spec/containers/{index}/env");
+    let var = to_value(&EnvVar { name: keys::CONTAINER_ENV.into(), value: Some(served.name.clone()), ..Default::default() });
+    match served.env.as_ref().map(|env| env.iter().position(|e| e.name == keys::CONTAINER_ENV)) {
+        Some(Some(existing)) => {
+            PatchOperation::Replace(ReplaceOperation { path: pointer(&format!("{base}/{existing}")), value: var })
+        }
+        present => append(&base, present.is_some(), var),
+    }
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Value {
+    // Serializing k8s-openapi types into a Value cannot fail (no non-string map keys).
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn pointer(path: &str) -> json_patch::jsonptr::PointerBuf {
+    json_patch::jsonptr::PointerBuf::parse(path).unwrap_or_default()
+}
+
+fn add(path: &str, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path: pointer(path), value })
+}
+
+/// Appends to the array at `path`, creating it when it is absent.
+fn append(path: &str, present: bool, value: Value) -> PatchOperation {
+    if present { add(&format!("{path}/-"), value) } else { add(path, Value::Array(vec![value])) }
+}
+
+/// Sets entries of the string map at `path`, creating the map when it is absent.
+fn set_map_entries(path: &str, present: bool, entries: &[(&str, &str)]) -> Vec<PatchOperation> {
+    if !present {
+        let map: serde_json::Map<String, Value> = entries.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        return vec![add(path, Value::Object(map))];
+    }
+    entries
+        .iter()
+        .map(|(key, value)| add(&format!("{path}/{}", key.replace('~', "~0").replace('/', "~1")), json!(value)))
+        .collect()
+}
