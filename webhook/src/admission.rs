@@ -1,0 +1,124 @@
+//! Answers one `AdmissionRequest`: selection, owner resolution (bounded in time), the patch. Every
+//! path that does not inject allows the pod unchanged; nothing here denies a pod.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+
+use crate::core::patch::mutate;
+use crate::core::selection::{Selection, select};
+use crate::core::settings::Settings;
+use crate::core::{Owner, bare_pod_owner, controller_of};
+
+/// How long admission waits for the topmost owner before falling back to the nearest one.
+const OWNER_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// What admission needs to know about the cluster (cached by the Kubernetes implementation).
+pub trait ClusterView: Send + Sync + 'static {
+    /// Labels of a namespace (empty when it is unknown).
+    fn namespace_labels(&self, namespace: &str) -> impl Future<Output = BTreeMap<String, String>> + Send;
+    /// Follows controller owner references from `controller` to the topmost owner.
+    fn topmost_owner(
+        &self,
+        namespace: &str,
+        controller: &OwnerReference,
+    ) -> impl Future<Output = Result<Owner, String>> + Send;
+}
+
+/// Outcome label of the admissions metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Injected,
+    Skipped,
+    Invalid,
+    Ignored,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::Skipped => "skipped",
+            Outcome::Invalid => "not_injectable",
+            Outcome::Ignored => "ignored",
+        }
+    }
+}
+
+pub struct Admitter<V> {
+    pub settings: Arc<Settings>,
+    pub cluster: Arc<V>,
+}
+
+impl<V: ClusterView> Admitter<V> {
+    pub async fn admit(&self, request: &AdmissionRequest<Pod>) -> (AdmissionResponse, Outcome) {
+        let allowed = AdmissionResponse::from(request);
+        let is_pod_create = request.kind.kind == "Pod"
+            && request.resource.resource == "pods"
+            && request.sub_resource.is_none()
+            && request.operation == Operation::Create;
+        let Some(pod) = request.object.as_ref().filter(|_| is_pod_create) else {
+            return (with_warning(allowed, "podsftp: only pod creation is handled; request allowed unchanged"), Outcome::Ignored);
+        };
+        let namespace = request.namespace.as_deref().or(pod.metadata.namespace.as_deref()).unwrap_or("default");
+        let namespace_labels = self.cluster.namespace_labels(namespace).await;
+        if let Selection::Skip(reason) = select(namespace, &namespace_labels, pod, &self.settings) {
+            tracing::debug!(namespace, reason, "pod not selected");
+            return (allowed, Outcome::Skipped);
+        }
+        let mut warnings = Vec::new();
+        let owner = match controller_of(&pod.metadata) {
+            Some(controller) => {
+                let resolved = tokio::time::timeout(OWNER_TIMEOUT, self.cluster.topmost_owner(namespace, controller)).await;
+                match resolved {
+                    Ok(Ok(owner)) => Some(owner),
+                    failed => {
+                        let why = failed.map_or_else(|_| "timed out".to_string(), |r| r.err().unwrap_or_default());
+                        warnings.push(format!(
+                            "podsftp: topmost owner of {}/{} not resolved ({why}); the login and Service belong to it",
+                            controller.kind, controller.name
+                        ));
+                        Some(Owner {
+                            api_version: controller.api_version.clone(),
+                            kind: controller.kind.clone(),
+                            name: controller.name.clone(),
+                        })
+                    }
+                }
+            }
+            None => bare_pod_owner(pod),
+        };
+        let Some(owner) = owner else {
+            return (with_warning(allowed, "podsftp: not injected: the pod has neither name nor generateName"), Outcome::Invalid);
+        };
+        match mutate(pod, &namespace_labels, &owner, &self.settings) {
+            Ok(mutation) => {
+                warnings.extend(mutation.warnings);
+                match allowed.clone().with_patch(mutation.patch) {
+                    Ok(mut response) => {
+                        tracing::info!(namespace, owner = %owner.to_annotation(), "pod injected");
+                        if !warnings.is_empty() {
+                            response.warnings = Some(warnings);
+                        }
+                        (response, Outcome::Injected)
+                    }
+                    Err(error) => (with_warning(allowed, &format!("podsftp: not injected: {error}")), Outcome::Invalid),
+                }
+            }
+            Err(error) => {
+                tracing::info!(namespace, owner = %owner.to_annotation(), %error, "selected pod not injected");
+                (with_warning(allowed, &format!("podsftp: not injected: {error}")), Outcome::Invalid)
+            }
+        }
+    }
+}
+
+fn with_warning(mut response: AdmissionResponse, warning: &str) -> AdmissionResponse {
+    response.warnings.get_or_insert_default().push(warning.to_string());
+    response
+}

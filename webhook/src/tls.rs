@@ -1,0 +1,113 @@
+//! The serving certificate: a rustls resolver whose certified key is swapped in place when the
+//! certificate files change (cert-manager, kubelet Secret updates) or when auto mode renews it, so
+//! new handshakes get the new certificate without a restart. TLS 1.2 and 1.3 only.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("no certificate found in the PEM data")]
+    NoCertificate,
+    #[error("invalid PEM: {0}")]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    #[error("unusable key or certificate: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses a PEM certificate chain and private key into a key rustls can serve.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>()?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+    Ok(CertifiedKey::from_der(chain, key, &provider())?)
+}
+
+/// The certificate currently served; empty until the first one is loaded.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl CertStore {
+    pub fn set(&self, key: CertifiedKey) {
+        let mut current = self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = Some(Arc::new(key));
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current.read().map(|c| c.is_some()).unwrap_or(false)
+    }
+
+    /// A rustls server configuration (TLS 1.2+, h2 and http/1.1) serving from this store.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok()?.clone()
+    }
+}
+
+/// Certificate and key files, re-read when their content changes.
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+        let read = |path: &PathBuf| std::fs::read(path).map_err(|source| TlsError::Read { path: path.clone(), source });
+        Ok((read(&self.cert)?, read(&self.key)?))
+    }
+
+    /// Loads the files once (failing loudly), then polls them and swaps the served key whenever
+    /// both files parse to a new, consistent pair. Polling (rather than inotify) also follows the
+    /// `..data` symlink swaps of mounted Secrets.
+    pub async fn load_and_watch(self, store: Arc<CertStore>, every: Duration) -> Result<(), TlsError> {
+        let mut loaded = self.read()?;
+        store.set(certified_key(&loaded.0, &loaded.1)?);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match self.read() {
+                    Ok(files) if files != loaded => match certified_key(&files.0, &files.1) {
+                        Ok(key) => {
+                            store.set(key);
+                            loaded = files;
+                            tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
+                        }
+                        // A half-written pair (cert updated, key not yet): try again next round.
+                        Err(error) => tracing::warn!(%error, "certificate files changed but do not load yet"),
+                    },
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "cannot read certificate files"),
+                }
+            }
+        });
+        Ok(())
+    }
+}

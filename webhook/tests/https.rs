@@ -1,0 +1,229 @@
+//! The admission server over a real TLS handshake: answers, error handling, and certificate
+//! rotation without restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use podsftp_webhook::admission::{Admitter, ClusterView};
+use podsftp_webhook::core::Owner;
+use podsftp_webhook::core::settings::Settings;
+use podsftp_webhook::metrics::Metrics;
+use podsftp_webhook::pki::{CA_VALIDITY, CertAndKey, SERVING_VALIDITY, issue_serving, new_ca};
+use podsftp_webhook::server::{admission_router, serve_tls};
+use podsftp_webhook::tls::{CertFiles, CertStore};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Namespace `shop` is labelled for injection; every owner resolves to Deployment `web`.
+struct FixedCluster;
+
+impl ClusterView for FixedCluster {
+    async fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        match namespace {
+            "shop" => BTreeMap::from([("podsftp.io/injection".into(), "enabled".into())]),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    async fn topmost_owner(&self, _namespace: &str, _controller: &OwnerReference) -> Result<Owner, String> {
+        Ok(Owner { api_version: "apps/v1".into(), kind: "Deployment".into(), name: "web".into() })
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    ca: CertAndKey,
+    dir: tempfile::TempDir,
+}
+
+fn sans() -> Vec<String> {
+    vec!["127.0.0.1".to_string(), "localhost".to_string()]
+}
+
+async fn start() -> Server {
+    let ca = new_ca("https test CA", CA_VALIDITY).unwrap();
+    let serving = issue_serving(&ca, &sans(), SERVING_VALIDITY).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &serving.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &serving.key_pem).unwrap();
+    let certs = Arc::new(CertStore::default());
+    let files = CertFiles { cert: dir.path().join("tls.crt"), key: dir.path().join("tls.key") };
+    files.load_and_watch(certs.clone(), Duration::from_millis(100)).await.unwrap();
+    let admitter = Admitter { settings: Arc::new(Settings::example()), cluster: Arc::new(FixedCluster) };
+    let router = admission_router(admitter, Arc::new(Metrics::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_tls(listener, certs, router));
+    Server { addr, ca, dir }
+}
+
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    server_cert: CertificateDer<'static>,
+}
+
+/// One HTTPS POST on a fresh connection that trusts only `ca`.
+async fn post(addr: SocketAddr, ca: &CertAndKey, body: Vec<u8>) -> Answer {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.expect("TLS handshake");
+    let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post("/mutate")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+            Answer { status, body, server_cert }
+        }
+        // The server may answer 413 and close before reading the whole upload.
+        Err(error) => panic!("request failed: {error}"),
+    }
+}
+
+fn review(namespace: &str, kind: Value, object: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "7f0b2d4e-0000-4000-8000-000000000001",
+            "kind": kind,
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": kind, "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": "", "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": object, "oldObject": null, "dryRun": false, "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    }))
+    .unwrap()
+}
+
+fn pod_kind() -> Value {
+    json!({"group": "", "version": "v1", "kind": "Pod"})
+}
+
+fn web_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "web-5d8f-", "namespace": "shop", "labels": {"app": "web"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f", "uid": "u", "controller": true}]},
+        "spec": {"containers": [{"name": "app", "image": "nginx"}]}
+    })
+}
+
+fn response_of(answer: &Answer) -> Value {
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    let review: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(review["kind"], "AdmissionReview");
+    review["response"].clone()
+}
+
+#[tokio::test]
+async fn good_review_is_answered_with_a_patch_that_applies() {
+    let server = start().await;
+    let answer = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await;
+    let response = response_of(&answer);
+    assert_eq!(response["uid"], "7f0b2d4e-0000-4000-8000-000000000001");
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    // kube serializes the patch bytes as a JSON array of numbers, which the apiserver (Go) accepts
+    // like a base64 string; accept both here.
+    let patch_bytes: Vec<u8> = match &response["patch"] {
+        Value::String(text) => base64::engine::general_purpose::STANDARD.decode(text).unwrap(),
+        other => serde_json::from_value(other.clone()).expect("patch bytes"),
+    };
+    let patch: json_patch::Patch = serde_json::from_slice(&patch_bytes).unwrap();
+    let mut pod = web_pod();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.init_containers.unwrap()[0].name, "podsftp");
+    assert_eq!(spec.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("web-sftp"));
+
+    // An unlabelled namespace: allowed, no patch.
+    let answer = post(server.addr, &server.ca, review("other", pod_kind(), web_pod())).await;
+    let response = response_of(&answer);
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none());
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_clear_400_and_the_server_keeps_serving() {
+    let server = start().await;
+    let answer = post(server.addr, &server.ca, b"{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": ".to_vec()).await;
+    assert_eq!(answer.status, 400);
+    assert!(String::from_utf8_lossy(&answer.body).contains("malformed AdmissionReview"));
+    let answer = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await;
+    assert_eq!(response_of(&answer)["patchType"], "JSONPatch");
+}
+
+#[tokio::test]
+async fn other_kinds_are_allowed_unchanged_and_non_reviews_rejected() {
+    let server = start().await;
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                            "spec": {"selector": {}, "template": {}}});
+    let kind = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let answer = post(server.addr, &server.ca, review("shop", kind, deployment)).await;
+    let response = response_of(&answer);
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none());
+    assert!(response["warnings"][0].as_str().unwrap().contains("only pods"));
+
+    let not_a_review = serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}})).unwrap();
+    let answer = post(server.addr, &server.ca, not_a_review).await;
+    assert_eq!(answer.status, 400);
+}
+
+#[tokio::test]
+async fn ten_mib_body_is_refused_with_413() {
+    let server = start().await;
+    let mut body = review("shop", pod_kind(), web_pod());
+    let padding = format!(",\"padding\":\"{}\"}}", "x".repeat(10 * 1024 * 1024));
+    body.pop();
+    body.extend_from_slice(padding.as_bytes());
+    assert!(body.len() > 10 * 1024 * 1024);
+    let answer = post(server.addr, &server.ca, body).await;
+    assert_eq!(answer.status, 413);
+    let answer = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await;
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test]
+async fn rotated_certificate_files_are_served_without_restart() {
+    let server = start().await;
+    let first = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await.server_cert;
+    let rotated = issue_serving(&server.ca, &sans(), SERVING_VALIDITY).unwrap();
+    // Key first, then certificate: the watcher must not serve a mismatched pair in between.
+    std::fs::write(server.dir.path().join("tls.key"), &rotated.key_pem).unwrap();
+    std::fs::write(server.dir.path().join("tls.crt"), &rotated.cert_pem).unwrap();
+    let expected = CertificateDer::from_pem_slice(rotated.cert_pem.as_bytes()).unwrap();
+    let mut seen = first.clone();
+    for _ in 0..100 {
+        seen = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await.server_cert;
+        if seen != first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, expected, "new handshakes get the rotated certificate");
+}
