@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod core;
+pub mod k8s;
 pub mod metrics;
 pub mod pki;
 pub mod server;

@@ -1,1 +1,220 @@
-fn main() {}
+//! `podsftp-webhook serve`: the admission webhook and the per-owner controller in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use podsftp_webhook::admission::Admitter;
+use podsftp_webhook::core::settings::{Resources, Settings, SidecarPlacement};
+use podsftp_webhook::k8s::auto_tls::{AutoTls, service_sans};
+use podsftp_webhook::k8s::cluster::KubeCluster;
+use podsftp_webhook::k8s::controller;
+use podsftp_webhook::metrics::Metrics;
+use podsftp_webhook::server::{Readiness, admission_router, health_router, serve_tls};
+use podsftp_webhook::tls::{CertFiles, CertStore};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "podsftp-webhook", version, about = "podsftp admission webhook and per-owner controller")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve POST /mutate over HTTPS and run the controller.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SidecarMode {
+    Auto,
+    Native,
+    Classic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ServiceType {
+    #[value(name = "LoadBalancer")]
+    LoadBalancer,
+    #[value(name = "NodePort")]
+    NodePort,
+    #[value(name = "ClusterIP")]
+    ClusterIp,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "PODSFTP_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    #[arg(long, env = "PODSFTP_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+    /// Serving certificate (PEM), re-read when it changes.
+    #[arg(long, env = "PODSFTP_TLS_CERT", requires = "tls_key", required_unless_present = "tls_secret")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PODSFTP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Auto mode: keep a CA and serving certificate in this Secret of --namespace.
+    #[arg(long, env = "PODSFTP_TLS_SECRET", conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_secret: Option<String>,
+    /// Auto mode: the webhook's Service name (its cluster DNS names become SANs).
+    #[arg(long, env = "PODSFTP_TLS_SERVICE")]
+    tls_service: Option<String>,
+    /// Auto mode: extra SAN (IP or DNS name), repeatable.
+    #[arg(long = "tls-extra-san", env = "PODSFTP_TLS_EXTRA_SAN", value_delimiter = ',')]
+    tls_extra_sans: Vec<String>,
+    /// Auto mode: MutatingWebhookConfiguration whose webhooks get the CA bundle.
+    #[arg(long, env = "PODSFTP_WEBHOOK_CONFIGURATION")]
+    webhook_configuration: Option<String>,
+    /// The webhook's own namespace (never injected).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    #[arg(long, env = "PODSFTP_SIDECAR_IMAGE", default_value = concat!("ghcr.io/podsftp/podsftp-sidecar:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    #[arg(long, env = "PODSFTP_SIDECAR_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    sidecar_image_pull_policy: String,
+    #[arg(long, env = "PODSFTP_SIDECAR_MODE", value_enum, default_value = "auto")]
+    sidecar_mode: SidecarMode,
+    #[arg(long, env = "PODSFTP_SIDECAR_CPU_REQUEST", default_value = "10m")]
+    sidecar_cpu_request: String,
+    #[arg(long, env = "PODSFTP_SIDECAR_MEMORY_REQUEST", default_value = "16Mi")]
+    sidecar_memory_request: String,
+    #[arg(long, env = "PODSFTP_SIDECAR_CPU_LIMIT", default_value = "1")]
+    sidecar_cpu_limit: String,
+    #[arg(long, env = "PODSFTP_SIDECAR_MEMORY_LIMIT", default_value = "128Mi")]
+    sidecar_memory_limit: String,
+    #[arg(long, env = "PODSFTP_SIDECAR_ALLOW_PTRACE")]
+    sidecar_allow_ptrace: bool,
+    #[arg(long, env = "PODSFTP_SERVICE_TYPE", value_enum, default_value = "LoadBalancer")]
+    service_type: ServiceType,
+    #[arg(long, env = "PODSFTP_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[arg(long, env = "PODSFTP_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Native sidecars (init containers with restartPolicy Always) are on by default from 1.29.
+async fn placement(mode: SidecarMode, client: &kube::Client) -> anyhow::Result<SidecarPlacement> {
+    Ok(match mode {
+        SidecarMode::Native => SidecarPlacement::Native,
+        SidecarMode::Classic => SidecarPlacement::Classic,
+        SidecarMode::Auto => {
+            let version = client.apiserver_version().await.context("reading the apiserver version")?;
+            let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(0);
+            let major: u32 = version.major.parse().unwrap_or(0);
+            tracing::info!(version = %version.git_version, "apiserver version");
+            if (major, minor) >= (1, 29) { SidecarPlacement::Native } else { SidecarPlacement::Classic }
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let placement = placement(args.sidecar_mode, &client).await?;
+    let service_type = match args.service_type {
+        ServiceType::LoadBalancer => "LoadBalancer",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::ClusterIp => "ClusterIP",
+    };
+    let settings = Arc::new(Settings {
+        sidecar_image: args.sidecar_image,
+        sidecar_image_pull_policy: args.sidecar_image_pull_policy,
+        placement,
+        resources: Resources {
+            cpu_request: args.sidecar_cpu_request,
+            memory_request: args.sidecar_memory_request,
+            cpu_limit: args.sidecar_cpu_limit,
+            memory_limit: args.sidecar_memory_limit,
+        },
+        allow_ptrace: args.sidecar_allow_ptrace,
+        sidecar_log_format: match args.log_format {
+            LogFormat::Json => "json".into(),
+            LogFormat::Text => "text".into(),
+        },
+        own_namespace: args.namespace.clone(),
+    });
+
+    let certs = Arc::new(CertStore::default());
+    match (args.tls_cert, args.tls_key, args.tls_secret) {
+        (Some(cert), Some(key), None) => {
+            CertFiles { cert, key }.load_and_watch(certs.clone(), Duration::from_secs(2)).await.context("loading the TLS files")?
+        }
+        (None, None, Some(secret_name)) => {
+            let Some(namespace) = args.namespace.clone() else { bail!("--tls-secret needs --namespace (or POD_NAMESPACE)") };
+            let mut sans = args.tls_service.as_deref().map(|s| service_sans(s, &namespace)).unwrap_or_default();
+            sans.extend(args.tls_extra_sans);
+            if sans.is_empty() {
+                bail!("--tls-secret needs --tls-service or --tls-extra-san for the certificate's names");
+            }
+            let auto = AutoTls {
+                client: client.clone(),
+                namespace,
+                secret_name,
+                sans,
+                webhook_configuration: args.webhook_configuration,
+                store: certs.clone(),
+            };
+            auto.start().await.context("auto TLS")?;
+        }
+        _ => bail!("give either --tls-cert and --tls-key, or --tls-secret"),
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Readiness::new(certs.clone());
+    let cluster = KubeCluster::start(client);
+    {
+        let (cluster, readiness) = (cluster.clone(), readiness.clone());
+        tokio::spawn(async move {
+            cluster.ready().await;
+            readiness.mark_synced();
+            tracing::info!("caches synced; ready");
+        });
+    }
+    let health = TcpListener::bind(args.metrics_listen).await.with_context(|| format!("binding {}", args.metrics_listen))?;
+    let health_app = health_router(readiness, metrics.clone());
+    tokio::spawn(async move { axum::serve(health, health_app).await });
+    tokio::spawn(controller::run(controller::Context::new(cluster.clone(), metrics.clone(), service_type.into())));
+
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, ?placement, "serving");
+    let router = admission_router(Admitter { settings, cluster }, metrics);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        served = serve_tls(listener, certs, router) => served.context("serving HTTPS")?,
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Several crates link rustls; make ring the process-wide provider before any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(&args.log_level, args.log_format);
+            serve(*args).await
+        }
+    }
+}

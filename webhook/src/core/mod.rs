@@ -2,6 +2,7 @@
 //! named. Nothing here talks to the cluster or the network; everything is a function of its inputs,
 //! so it is tested on plain manifests.
 
+pub mod credentials;
 pub mod names;
 pub mod patch;
 pub mod selection;
