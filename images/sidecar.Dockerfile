@@ -7,7 +7,7 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked --target x86_64-unknown-linux-gnu -p podsftp-sidecar \
+    cargo build --release --target x86_64-unknown-linux-gnu -p podsftp-sidecar \
  && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/podsftp-sidecar /rootfs/usr/local/bin/podsftp-sidecar \
  && install -D -m 0644 images/rootfs/etc/passwd /rootfs/etc/passwd \
  && install -D -m 0644 images/rootfs/etc/group /rootfs/etc/group \

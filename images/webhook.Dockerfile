@@ -5,7 +5,7 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked --target x86_64-unknown-linux-gnu -p podsftp-webhook \
+    cargo build --release --target x86_64-unknown-linux-gnu -p podsftp-webhook \
  && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/podsftp-webhook /rootfs/usr/local/bin/podsftp-webhook \
  && install -D -m 0644 images/rootfs/etc/passwd /rootfs/etc/passwd \
  && install -D -m 0644 images/rootfs/etc/group /rootfs/etc/group \
