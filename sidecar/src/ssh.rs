@@ -25,7 +25,8 @@ use crate::credentials::{Credentials, State};
 
 /// Concurrent connections; more are closed right after accept.
 pub const MAX_CONNECTIONS: usize = 64;
-const MAX_CHANNELS_PER_CONNECTION: usize = 8;
+/// Like OpenSSH's `MaxSessions` default.
+const MAX_CHANNELS_PER_CONNECTION: usize = 10;
 /// Chunks of client data queued per channel before russh's loop waits for the worker.
 const INPUT_QUEUE: usize = 64;
 
