@@ -69,6 +69,8 @@ host_clean() {
 
 node_selftest() {
   local archive node_port cluster_ip start=$SECONDS
+  check "up adds the node to the running control plane" up_and_eval
+  say "adding the node took $((SECONDS - start))s"
   check "node is Ready" kubectl wait node --all --for=condition=Ready --timeout=60s
   archive="$(selftest_image)"
   check "import-image imports a busybox image" "$here/import-image" "$archive"
@@ -82,6 +84,20 @@ node_selftest() {
   check "kubectl exec works" exec_works
   check "kubectl logs works" logs_work
   say "node checks took $((SECONDS - start))s"
+
+  say "killing every node and control plane process with SIGKILL, containers keep running"
+  local victims
+  mapfile -t victims < <(state_dir_processes)
+  kill -KILL "${victims[@]}"
+  sleep 1
+  check "up after kill -9 with a node" up_and_eval
+  check "node is Ready again" kubectl wait node --all --for=condition=Ready --timeout=60s
+  check "no container of the killed run is left" test -z "$(pod_cgroup_processes)"
+  archive="$(selftest_image)"   # the fresh node has only the images of \$PODSFTP_CACHE/images
+  check "import-image after up after kill -9" "$here/import-image" "$archive"
+  selftest_workload
+  check "the pod runs again after up after kill -9" pod_ready
+
   check "down with a running pod" "$here/down"
   check "down left nothing on the host" host_clean
 }
