@@ -1,0 +1,55 @@
+//! Auto TLS mode against the real apiserver: the webhook, run on the host with `--tls-secret`,
+//! `--tls-extra-san 127.0.0.1` and `--webhook-configuration`, creates its certificate Secret,
+//! patches the CA bundle into the configuration, and the apiserver then calls it successfully
+//! (`failurePolicy: Fail`, so a bad bundle would fail the pod creation).
+
+use std::time::Duration;
+
+use base64::Engine;
+use podsftp_e2e::helm::{TestNamespace, eventually, kubectl, kubectl_apply, kubectl_json, require_cluster};
+use podsftp_e2e::webhook::{HostWebhook, Registration, Tls, free_address, is_injected};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn auto_mode_creates_its_certificate_and_patches_the_ca_bundle() {
+    require_cluster();
+    let system = TestNamespace::create("wh-auto-system", &[]);
+    let apps = TestNamespace::create("wh-auto", &[("podsftp.io/injection", "enabled")]);
+    let listen = free_address();
+    let registration = Registration::create("wh-auto", &format!("https://{listen}/mutate"), None, "Fail", &[&apps.name]);
+    let webhook = HostWebhook::start_at(
+        listen,
+        &system.name,
+        Tls::Auto { secret: "podsftp-webhook-tls".into(), webhook_configuration: registration.name.clone() },
+        &["--service-type", "ClusterIP"],
+    );
+
+    let secret = kubectl_json(&["get", "secret", "podsftp-webhook-tls", "-n", &system.name]);
+    let ca_bundle = secret["data"]["ca.crt"].as_str().expect("ca.crt in the Secret").to_string();
+    for key in ["ca.key", "tls.crt", "tls.key"] {
+        assert!(secret["data"][key].is_string(), "{key} missing");
+    }
+    let ca_pem = base64::engine::general_purpose::STANDARD.decode(&ca_bundle).unwrap();
+    assert!(String::from_utf8_lossy(&ca_pem).contains("BEGIN CERTIFICATE"));
+    eventually("the CA bundle in both webhooks", WAIT, || {
+        let configuration = kubectl_json(&["get", "mutatingwebhookconfiguration", &registration.name]);
+        let bundles: Vec<&str> =
+            configuration["webhooks"].as_array().unwrap().iter().filter_map(|w| w["clientConfig"]["caBundle"].as_str()).collect();
+        if bundles == [ca_bundle.as_str(), ca_bundle.as_str()] { Ok(()) } else { Err(format!("{bundles:?}")) }
+    });
+
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "app", "namespace": "{}"}},
+            "spec": {{"containers": [{{"name": "main", "image": "busybox:1.37"}}]}}}}"#,
+        apps.name
+    ));
+    let pod = kubectl_json(&["get", "pod", "app", "-n", &apps.name]);
+    assert!(is_injected(&pod), "the apiserver called the webhook over the auto-mode certificate:\n{}", webhook.log_text());
+
+    // A second replica started later shares the same Secret instead of making its own CA.
+    let second = HostWebhook::start(&system.name, Tls::Auto { secret: "podsftp-webhook-tls".into(), webhook_configuration: registration.name.clone() }, &[]);
+    let after = kubectl(&["get", "secret", "podsftp-webhook-tls", "-n", &system.name, "-o", "jsonpath={.data.ca\\.crt}"]);
+    assert_eq!(after, ca_bundle, "the CA is shared, not replaced");
+    drop(second);
+}
