@@ -83,11 +83,12 @@ ancestors() {
 # Every live process whose command line references the state dir (except us and our callers).
 state_dir_processes() {
   local self; self=" $(ancestors | tr '\n' ' ') $BASHPID "
-  local p pid
-  for p in /proc/[0-9]*; do
-    pid="${p#/proc/}"
+  local file pid
+  # One grep over all command lines; it matches itself too, but is gone by the liveness check below.
+  for file in $(grep -alF -- "$CLUSTER_DIR/" /proc/[0-9]*/cmdline 2>/dev/null); do
+    pid="${file#/proc/}"; pid="${pid%/cmdline}"
     case "$self" in *" $pid "*) continue ;; esac
-    cmdline_of "$pid" | grep -qF -- "$CLUSTER_DIR/" && echo "$pid"
+    [ -e "/proc/$pid" ] && echo "$pid"
   done
   return 0
 }

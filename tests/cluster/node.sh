@@ -294,18 +294,23 @@ remove_iptables_rules() {
 stop_node() {
   [ -d "$NODE" ] || return 0
   say "stopping the node"
-  stop_component kubelet 10
-  stop_component kube-proxy 5
-  local pass pids
+  # The state is thrown away: a short graceful period, then SIGKILL. kubelet first, or it restarts pods.
+  local c pids=()
+  for c in kubelet kube-proxy; do component_alive "$c" && pids+=("$(cat "$RUN/$c.pid")"); done
+  stop_processes 3 "${pids[@]}"
+  local pass
   for pass in 1 2 3 4 5; do   # containers and sandboxes (they don't mention the state dir)
     mapfile -t pids < <(pod_cgroup_processes)
     [ ${#pids[@]} -eq 0 ] && break
     kill -KILL "${pids[@]}" 2>/dev/null || true
     sleep 0.3
   done
-  stop_component containerd 10
-  mapfile -t pids < <(state_dir_processes)   # shims and anything else left
-  stop_processes 5 "${pids[@]}"
+  stop_component containerd 1
+  local pid shims=()   # the shims outlive containerd
+  for pid in $(state_dir_processes); do
+    cmdline_of "$pid" | grep -q containerd-shim && shims+=("$pid")
+  done
+  stop_processes 5 "${shims[@]}"
   unmount_state_dir
   ip link show "$BRIDGE_NAME" >/dev/null 2>&1 && ip link delete "$BRIDGE_NAME"
   if [ -x "${BIN:-/nonexistent}/kube-proxy" ]; then
