@@ -162,6 +162,8 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "1%", nodefs.inodesF
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# Secret volume updates (password rotation in the tests) reach pods within this period (default 1m).
+syncFrequency: 10s
 registerNode: true
 maxPods: 110
 EOF
