@@ -2,7 +2,6 @@
 //! every certificate mode, install/upgrade/uninstall leaving nothing behind, and auto mode with
 //! the webhook binary running on the host with exactly the arguments the chart gives it.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use podsftp_e2e::helm::{
     chart_dir, eventually, exists, helm, kubectl, kubectl_apply, kubectl_json, release_binary, repo_root,
     require_cluster, try_run, Release, TestNamespace,
 };
+use podsftp_e2e::webhook::free_port;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -284,18 +284,15 @@ fn install_upgrade_and_uninstall_leave_nothing_behind() {
     assert_nothing_left(&name, &namespace, &cluster_name);
 }
 
-/// The webhook process on the host, killed when dropped.
-struct HostWebhook(Child);
+/// The webhook process on the host started with the chart's own arguments, killed when dropped
+/// (`podsftp_e2e::webhook::HostWebhook` builds its own arguments instead).
+struct ChartArgsWebhook(Child);
 
-impl Drop for HostWebhook {
+impl Drop for ChartArgsWebhook {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 /// Creates pod NAME (the test app image) in NAMESPACE and returns it as stored.
@@ -343,7 +340,7 @@ fn auto_mode_webhook_on_the_host_creates_its_certificate_and_patches_labelled_po
         .collect();
     assert!(args.contains(&"--tls-extra-san=127.0.0.1".to_string()), "{args:?}");
     let log = std::fs::File::create(std::env::temp_dir().join("podsftp-chart-auto-webhook.log")).expect("log file");
-    let _webhook = HostWebhook(
+    let _webhook = ChartArgsWebhook(
         Command::new(&binary)
             .args(&args)
             .stdout(Stdio::from(log.try_clone().expect("log file")))
@@ -392,6 +389,18 @@ fn auto_mode_webhook_on_the_host_creates_its_certificate_and_patches_labelled_po
         let pod = create_pod(name, namespace, labels);
         assert!(!injected(&pod) && !has_sidecar(&pod), "{namespace}/{name} must not be patched: {}", pod["metadata"]);
     }
+
+    // helm upgrade leaves what the webhook wrote alone: no drift, no certificate churn.
+    let secret_data = || kubectl_json(&["get", "secret", &format!("{fullname}-tls"), "-n", &ns.name])["data"].clone();
+    let ca_bundles = || {
+        let config = kubectl_json(&["get", "mutatingwebhookconfiguration", &release.cluster_name()]);
+        config["webhooks"].as_array().map(|ws| ws.iter().map(|w| w["clientConfig"]["caBundle"].clone()).collect::<Vec<_>>())
+    };
+    let (data_before, bundles_before) = (secret_data(), ca_bundles());
+    let upgraded = release.upgrade(&["log.level=debug"]);
+    assert!(upgraded.contains("has been upgraded"), "{upgraded}");
+    assert_eq!(secret_data(), data_before, "helm upgrade changed the certificate Secret");
+    assert_eq!(ca_bundles(), bundles_before, "helm upgrade changed the caBundle");
 
     let (name, namespace, cluster_name) = (release.name.clone(), release.namespace.clone(), release.cluster_name());
     release.uninstall();
