@@ -1,0 +1,191 @@
+//! Serving another process's root: `--pid` against a process in its own mount and PID
+//! namespace with a busybox root, running as another uid; `--container` finding a restarted
+//! process again; and the identity rules (a root front end switches to the target's uid, a
+//! non-root front end with another uid is told exactly why it cannot reach the target).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const APP_UID: u32 = 4242;
+
+/// A minimal container root: static busybox, a data directory owned by the app uid.
+fn busybox_root(marker: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(root.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.path().join("bin/sleep")).unwrap();
+    std::fs::create_dir_all(root.path().join("data")).unwrap();
+    std::fs::write(root.path().join("data").join(marker), marker).unwrap();
+    std::os::unix::fs::chown(root.path().join("data"), Some(APP_UID), Some(APP_UID)).unwrap();
+    root
+}
+
+/// A process that looks like a container: own mount and PID namespace, chrooted into `root`,
+/// running as APP_UID with no capabilities, with PODSFTP_CONTAINER set.
+struct App {
+    unshare: Child,
+    pub pid: u32,
+}
+
+impl App {
+    fn start(root: &Path, container: &str) -> App {
+        let unshare = Command::new("unshare")
+            .args(["--mount", "--pid", "--fork", "--kill-child"])
+            .arg(format!("--root={}", root.display()))
+            .args(["--setuid", &APP_UID.to_string(), "--setgid", &APP_UID.to_string()])
+            // Only the app gets the marker (not unshare, which lives outside the root).
+            .args(["/bin/busybox", "env", &format!("PODSFTP_CONTAINER={container}"), "/bin/sleep", "1000"])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                if status.contains(&format!("Uid:\t{APP_UID}")) {
+                    break pid;
+                }
+            }
+            assert!(Instant::now() < deadline, "app process did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        App { unshare, pid }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // --kill-child's parent-death signal does not survive --setuid: kill the app itself.
+        let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+#[test]
+fn pid_target_runs_as_the_target_uid() {
+    let root = busybox_root("first-root");
+    let app = App::start(root.path(), "app");
+    let server = Server::start(&["--pid", &app.pid.to_string()]);
+    server.wait_ready(200);
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("upload.txt"), b"uploaded").unwrap();
+    let l = local.path().display();
+    let out = server.sftp_batch(&format!("ls /\nls /data\nput {l}/upload.txt /data/upload.txt\nmkdir /data/newdir\n"));
+    assert_ok(&out, "sftp into the app's root");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("first-root"), "ls shows the app's files: {stdout}");
+    let uploaded = root.path().join("data/upload.txt");
+    assert_eq!(std::fs::read(&uploaded).unwrap(), b"uploaded");
+    let meta = std::fs::metadata(&uploaded).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (APP_UID, APP_UID), "upload owned by the app's uid");
+    assert_eq!(std::fs::metadata(root.path().join("data/newdir")).unwrap().uid(), APP_UID);
+    // The app's uid may not write where the app may not: root's / is 0755 root-owned.
+    let out = server.sftp_batch(&format!("put {l}/upload.txt /not-allowed.txt\n"));
+    assert!(!out.status.success(), "wrote where uid {APP_UID} has no permission");
+    assert!(!root.path().join("not-allowed.txt").exists());
+}
+
+#[test]
+fn container_target_is_found_again_after_a_restart() {
+    let first = busybox_root("first-root");
+    let second = busybox_root("second-root");
+    let app = App::start(first.path(), "web");
+    // Another process with a different container name must not be picked.
+    let decoy_root = busybox_root("decoy-root");
+    let _decoy = App::start(decoy_root.path(), "other");
+    let server = Server::start(&["--container", "web"]);
+    server.wait_ready(200);
+    let out = server.sftp_batch("ls /data\n");
+    assert_ok(&out, "first container");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("first-root"));
+
+    drop(app);
+    let body = server.wait_ready(503);
+    assert!(body.contains("web"), "readyz says why: {body}");
+    let _app = App::start(second.path(), "web");
+    server.wait_ready(200);
+    let out = server.sftp_batch("ls /data\n");
+    assert_ok(&out, "restarted container");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("second-root"), "{}", String::from_utf8_lossy(&out.stdout));
+    let log = server.log();
+    assert!(log.contains("found the served container's process"), "{log}");
+}
+
+/// The binary and credentials where an unprivileged uid can read them.
+fn unprivileged_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin_copy = dir.path().join("podsftp-sidecar");
+    std::fs::copy(bin(), &bin_copy).unwrap();
+    (dir, bin_copy)
+}
+
+fn serve_as(uid: u32, bin_copy: &Path, creds: &Credentials, pid: u32, health_port: u16, port: u16, log: &Path) -> Child {
+    std::fs::set_permissions(creds.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "--inh-caps=-all", "--"])
+        .arg(bin_copy)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--health-listen", &format!("127.0.0.1:{health_port}")])
+        .arg("--credentials")
+        .arg(creds.dir.path())
+        .args(["--pid", &pid.to_string()])
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn readyz(port: u16) -> (u16, String) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            write!(s, "GET /readyz HTTP/1.1\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            let code: u16 = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            if !out.contains("starting") {
+                return (code, out);
+            }
+        }
+        assert!(Instant::now() < deadline, "no readyz answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn unprivileged_front_end_mirrors_or_explains() {
+    let root = busybox_root("mirror-root");
+    let app = App::start(root.path(), "app");
+    let (_dir, bin_copy) = unprivileged_copy();
+    let logs = tempfile::tempdir().unwrap();
+
+    // Same uid as the app ("mirror" mode): reachable without any privilege.
+    let creds = Credentials::new();
+    let (port, health) = (free_port(), free_port());
+    let mut same = serve_as(APP_UID, &bin_copy, &creds, app.pid, health, port, &logs.path().join("same.log"));
+    let (code, body) = readyz(health);
+    let _ = same.kill();
+    let _ = same.wait();
+    assert_eq!(code, 200, "{body}\n{}", std::fs::read_to_string(logs.path().join("same.log")).unwrap());
+
+    // Another uid: not ready, and the reason names the uid mismatch.
+    let (port, health) = (free_port(), free_port());
+    let mut other = serve_as(APP_UID + 1, &bin_copy, &creds, app.pid, health, port, &logs.path().join("other.log"));
+    let (code, body) = readyz(health);
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("EACCES") && body.contains(&format!("uid {APP_UID}")), "{body}");
+}
