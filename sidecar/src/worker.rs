@@ -123,6 +123,8 @@ fn find(container: &str, pids: &[u32]) -> Result<(), String> {
     if denied.is_empty() { Ok(()) } else { Err(format!("cannot read environ of {}", denied.join(", "))) }
 }
 
+const PIPE_SIZE: libc::c_int = 1024 * 1024;
+
 fn sftp(root: Root, options: Options) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,6 +134,11 @@ fn sftp(root: Root, options: Options) -> Result<(), String> {
     runtime.block_on(async {
         // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
         let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
+        for fd in [0, 1] {
+            // Bigger pipes mean fewer wakeups per 255 KiB READ/WRITE; best effort (1 MiB is
+            // the unprivileged limit by default).
+            unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        }
         let input = tokio::net::unix::pipe::Receiver::from_owned_fd(stdin).map_err(|e| format!("stdin: {e}"))?;
         let output = tokio::net::unix::pipe::Sender::from_owned_fd(stdout).map_err(|e| format!("stdout: {e}"))?;
         server::serve(root, options, input, output).await.map_err(|e| {
