@@ -35,6 +35,16 @@ CONTAINERD_SOCKET="$NODE/containerd.sock"
 CONTROL_PLANE_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 NODE_COMPONENTS=(containerd kubelet kube-proxy)
 
+# Serialises up/down on one state dir (two `up`s at once would tear each other down). The lock file
+# sits beside the dir because `down` removes the dir. `up` calls `down` while holding it.
+lock_cluster() {
+  [ "${PODSFTP_CLUSTER_LOCKED:-}" = "$CLUSTER_DIR" ] && return 0
+  mkdir -p "$(dirname "$CLUSTER_DIR")"
+  exec 8>"$CLUSTER_DIR.lock"
+  flock -n 8 || { say "waiting for another up/down on $CLUSTER_DIR"; flock 8; }
+  export PODSFTP_CLUSTER_LOCKED="$CLUSTER_DIR"
+}
+
 say() { printf '[cluster %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
@@ -67,7 +77,7 @@ start_component() {
   local name="$1"; shift
   mkdir -p "$RUN" "$LOGS"
   printf '\n==== %s starting: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$LOGS/$name.log"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- &
   echo $! >"$RUN/$name.pid"
 }
 
