@@ -122,3 +122,48 @@ fn with_warning(mut response: AdmissionResponse, warning: &str) -> AdmissionResp
     response.warnings.get_or_insert_default().push(warning.to_string());
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A cluster whose owner lookups always fail (apiserver unreachable, RBAC missing, ...).
+    struct Unreachable;
+
+    impl ClusterView for Unreachable {
+        async fn namespace_labels(&self, _namespace: &str) -> BTreeMap<String, String> {
+            BTreeMap::from([("podsftp.io/injection".into(), "enabled".into())])
+        }
+
+        async fn topmost_owner(&self, _namespace: &str, _controller: &OwnerReference) -> Result<Owner, String> {
+            Err("connection refused".into())
+        }
+    }
+
+    fn request(object: serde_json::Value) -> AdmissionRequest<Pod> {
+        let review: kube::core::admission::AdmissionReview<Pod> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": "shop", "operation": "CREATE", "userInfo": {}, "object": object}
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    #[tokio::test]
+    async fn unresolved_owner_falls_back_to_the_nearest_one_with_a_warning() {
+        let admitter = Admitter { settings: Arc::new(Settings::example()), cluster: Arc::new(Unreachable) };
+        let pod = json!({"metadata": {"generateName": "web-5d8f-",
+                           "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f", "uid": "u", "controller": true}]},
+                         "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+        let (response, outcome) = admitter.admit(&request(pod)).await;
+        assert_eq!(outcome, Outcome::Injected);
+        assert!(response.allowed);
+        let warnings = response.warnings.unwrap_or_default();
+        assert!(warnings.iter().any(|w| w.contains("ReplicaSet/web-5d8f") && w.contains("connection refused")), "{warnings:?}");
+        let patch = String::from_utf8(response.patch.unwrap()).unwrap();
+        assert!(patch.contains("web-5d8f-sftp"), "the nearest owner names the Secret: {patch}");
+    }
+}

@@ -273,9 +273,19 @@ fn error_policy(_pod: Arc<Pod>, error: &ReconcileError, _context: Arc<Context>) 
 
 /// Deletes managed Services whose owner has no injected pod left.
 async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
-    if pods.wait_until_ready().await.is_err() {
-        return;
+    // The store's readiness signal wakes only its most recent waiter (the controller's runner), so
+    // poll it again every second instead of waiting once.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), pods.wait_until_ready()).await {
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => {
+                tracing::warn!("pod cache never became ready; Services of removed owners are not swept");
+                return;
+            }
+            Err(_) => continue,
+        }
     }
+    tracing::debug!("pod cache ready; sweeping Services of owners without injected pods");
     let services: Api<Service> = Api::all(context.client.clone());
     let selector = format!("{}={}", keys::MANAGED_BY, keys::MANAGED_BY_VALUE);
     loop {
@@ -299,6 +309,7 @@ async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
             let has_pods = pods.state().iter().any(|pod| {
                 pod.namespace().as_deref() == Some(namespace.as_str()) && pod.labels().get(keys::OWNER_LABEL) == Some(&owner_label)
             });
+            tracing::debug!(namespace, service = %service.name_any(), old_enough, has_pods, "sweep");
             if old_enough && !has_pods {
                 let name = service.name_any();
                 let api: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
