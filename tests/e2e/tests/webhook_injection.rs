@@ -220,3 +220,39 @@ fn stopped_webhook_with_failure_policy_ignore_lets_pods_through_unchanged() {
     assert_eq!(created["spec"]["containers"].as_array().unwrap().len(), 1);
     assert!(created["spec"]["initContainers"].is_null());
 }
+
+#[test]
+fn service_follows_template_annotations_and_goes_when_no_injected_pod_remains() {
+    require_cluster();
+    let ns = TestNamespace::create("wh-lifecycle", &injection_enabled());
+    let (webhook, _registration) = webhook_for("wh-lifecycle", "Fail", &[&ns.name]);
+    let deployment = |port: u16| {
+        format!(
+            r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "files", "namespace": "{ns}"}},
+                "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "files"}}}},
+                  "template": {{"metadata": {{"labels": {{"app": "files"}}, "annotations": {{"podsftp.io/service-port": "{port}"}}}},
+                    "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
+            ns = ns.name
+        )
+    };
+    let service_port = || -> Result<u64, String> {
+        get("service", "files-sftp", &ns.name).map(|s| s["spec"]["ports"][0]["port"].as_u64().unwrap_or_default())
+    };
+    kubectl_apply(&deployment(2022));
+    eventually("Service files-sftp on port 2022", WAIT, || service_port().and_then(|p| if p == 2022 { Ok(()) } else { Err(format!("port {p}")) }));
+
+    // A new template creates a new ReplicaSet whose pods carry the new annotation.
+    kubectl_apply(&deployment(2200));
+    eventually("Service files-sftp on port 2200", WAIT, || service_port().and_then(|p| if p == 2200 { Ok(()) } else { Err(format!("port {p}")) }));
+
+    // No injected pod left: the Service goes (after the sweep's grace period), the login stays.
+    kubectl(&["scale", "deployment", "files", "-n", &ns.name, "--replicas=0"]);
+    eventually("Service files-sftp to be removed", Duration::from_secs(150), || {
+        if !exists("service", "files-sftp", Some(&ns.name)) {
+            return Ok(());
+        }
+        let left = kubectl(&["get", "pods", "-n", &ns.name, "-o", "name"]);
+        Err(format!("still there; pods: {left:?}; webhook log:\n{}", webhook.log_text()))
+    });
+    assert!(exists("secret", "files-sftp", Some(&ns.name)), "the Secret survives so the login stays the same");
+}
