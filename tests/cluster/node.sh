@@ -294,7 +294,9 @@ remove_iptables_rules() {
 
 # Stops the node and removes every trace of it from the host. Safe when the node never ran.
 stop_node() {
-  [ -d "$NODE" ] || return 0
+  # Only a node of this state dir (another dir's node may be running: the chains would be its own).
+  [ -d "$NODE" ] || ip link show "$BRIDGE_NAME" >/dev/null 2>&1 || ls -d /sys/fs/cgroup/*"$CGROUP_ROOT" >/dev/null 2>&1 \
+    || return 0
   say "stopping the node"
   # The state is thrown away: a short graceful period, then SIGKILL. kubelet first, or it restarts pods.
   local c pids=()
