@@ -210,7 +210,8 @@ pause_archive() {
   echo "$archive"
 }
 
-# import_archive FILE: all platforms, so a single-platform archive without platform info still imports.
+# import_archive FILE: everything the archive holds, no platform filtering (nothing can be fetched
+# later); a plain import as the fallback.
 import_archive() {
   ctr_node images import --all-platforms "$1" >&2 \
     || ctr_node images import "$1" >&2
