@@ -17,8 +17,8 @@ pub fn chart_dir() -> PathBuf {
     repo_root().join("charts/podsftp")
 }
 
-/// A release binary built by `cargo build --release` (e.g. `podsftp-webhook`), from the shared
-/// target directory of `tests/lib/env.sh`.
+/// A static release binary built by `images/build` (e.g. `podsftp-webhook`), from the shared
+/// target directory of `tests/lib/env.sh`: the same bytes the images carry.
 pub fn release_binary(name: &str) -> PathBuf {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
         let cache = std::env::var_os("PODSFTP_CACHE").map(PathBuf::from).unwrap_or_else(|| {
@@ -26,8 +26,8 @@ pub fn release_binary(name: &str) -> PathBuf {
         });
         cache.join("cargo-target")
     });
-    let path = target_dir.join("release").join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo build --release --bins` first", path.display());
+    let path = target_dir.join("x86_64-unknown-linux-gnu/release").join(name);
+    assert!(path.is_file(), "{} is missing: run `images/build` first", path.display());
     path
 }
 
