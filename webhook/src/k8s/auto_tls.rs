@@ -113,9 +113,9 @@ impl AutoTls {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         for _ in 0..CONFLICT_RETRIES {
             let existing = api.get_opt(&self.secret_name).await?;
-            let current = existing.as_ref().and_then(read);
-            let Some(next) = self.renewed(current)? else {
-                return Ok(existing.as_ref().and_then(read).ok_or(AutoTlsError::Contended)?);
+            let Some(next) = self.renewed(existing.as_ref().and_then(read))? else {
+                // renewed() returns None only for complete, valid material.
+                return existing.as_ref().and_then(read).ok_or(AutoTlsError::Contended);
             };
             let written = match existing {
                 None => {
