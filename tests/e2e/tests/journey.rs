@@ -48,6 +48,14 @@ fn sftp(host: &str, port: u16, user: &str, auth: &Auth, batch: &str) -> Result<S
     }
 }
 
+/// The first password session to a new Service: kube-proxy programs a Service's rules a moment
+/// after its endpoints turn ready (until then: connection refused), so retry until it connects.
+fn first_session(owner: &str, host: &str, port: u16, user: &str, password: &str, batch: &str) -> String {
+    eventually(&format!("a password session to {owner}'s Service {host}:{port}"), WAIT, || {
+        sftp(host, port, user, &Auth::Password(password), batch)
+    })
+}
+
 /// One key of Secret `name` in the apps' namespace, decoded.
 fn secret_value(name: &str, key: &str) -> String {
     kubectl(&["get", "secret", name, "-n", APPS, "-o", &format!("go-template={{{{index .data \"{key}\" | base64decode}}}}")])
@@ -176,8 +184,7 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
         std::fs::write(&key, secret_value(&format!("{owner}-sftp"), "id_ed25519")).expect("key file");
         run("chmod", &["600", key.to_str().expect("utf-8 path")]);
 
-        let listing = sftp(&host, port, &user, &Auth::Password(&password), &format!("ls -l {dir}\n"))
-            .unwrap_or_else(|e| panic!("{owner}: password login: {e}"));
+        let listing = first_session(owner, &host, port, &user, &password, &format!("ls -l {dir}\n"));
         assert!(listing.contains(listed), "{owner}: ls {dir} does not show {listed}: {listing}");
 
         let remote = format!("{dir}/uploaded-{owner}.bin");
@@ -199,13 +206,16 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
     let (user, password) = login("confined");
     let (host, port) = service_address("confined");
     let auth = Auth::Password(&password);
-    let listing = sftp(&host, port, &user, &auth, "ls /\ncd ..\nls\nls /reports\n").expect("confined session");
+    let listing = first_session("confined", &host, port, &user, &password, "ls /\ncd ..\nls\nls /reports\n");
     assert!(listing.contains("hello.txt") && listing.contains("q1.txt"), "root is not /srv/data: {listing}");
     assert!(!listing.contains("bin") && !listing.contains("etc"), "left the root: {listing}");
-    let refused = sftp(&host, port, &user, &auth, &format!("put {} /new.bin\n", upload.display()));
-    assert!(refused.is_err(), "a write to a read-only app succeeded: {refused:?}");
-    let refused = sftp(&host, port, &user, &auth, "rm /hello.txt\n");
-    assert!(refused.is_err(), "a remove on a read-only app succeeded: {refused:?}");
+    // Logged in (the listing ran), then refused: the batch stops at the refused command.
+    for change in [format!("put {} /new.bin", upload.display()), "rm /hello.txt".into(), "mkdir /new".into()] {
+        let refused = sftp(&host, port, &user, &auth, &format!("ls /\n{change}\n"))
+            .expect_err(&format!("{change} succeeded on a read-only app"));
+        assert!(refused.contains("hello.txt") && refused.contains(&format!("sftp> {change}")), "{change}: {refused}");
+    }
+    assert!(sftp(&host, port, &user, &auth, "ls /\n").is_ok_and(|l| l.contains("hello.txt") && !l.contains("new")));
 
     let keys: Vec<String> = pods_of("legacy")
         .iter()
