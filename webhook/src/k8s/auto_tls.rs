@@ -90,30 +90,32 @@ fn to_data(material: &Material) -> BTreeMap<String, ByteString> {
     .collect()
 }
 
-impl AutoTls {
-    /// What the Secret should hold given what it holds now; `None` when nothing needs to change.
-    fn renewed(&self, current: Option<Material>) -> Result<Option<Material>, AutoTlsError> {
-        let usable = current.filter(|m| certified_key(m.serving.cert_pem.as_bytes(), m.serving.key_pem.as_bytes()).is_ok());
-        match usable {
-            Some(m) if still_good(&m.ca) && still_good(&m.serving) && pki::covers(&m.serving.cert_pem, &self.sans) => Ok(None),
-            Some(m) if still_good(&m.ca) => {
-                let serving = pki::issue_serving(&m.ca, &self.sans, pki::SERVING_VALIDITY)?;
-                Ok(Some(Material { ca: m.ca, serving }))
-            }
-            _ => {
-                let ca = pki::new_ca("podsftp-webhook CA", pki::CA_VALIDITY)?;
-                let serving = pki::issue_serving(&ca, &self.sans, pki::SERVING_VALIDITY)?;
-                Ok(Some(Material { ca, serving }))
-            }
+/// What the Secret should hold given what it holds now; `None` when nothing needs to change. The
+/// CA is kept as long as it is good (so the CA bundle stays the same when only the serving
+/// certificate is renewed or its names change).
+fn renewed(current: Option<Material>, sans: &[String]) -> Result<Option<Material>, AutoTlsError> {
+    let usable = current.filter(|m| certified_key(m.serving.cert_pem.as_bytes(), m.serving.key_pem.as_bytes()).is_ok());
+    match usable {
+        Some(m) if still_good(&m.ca) && still_good(&m.serving) && pki::covers(&m.serving.cert_pem, sans) => Ok(None),
+        Some(m) if still_good(&m.ca) => {
+            let serving = pki::issue_serving(&m.ca, sans, pki::SERVING_VALIDITY)?;
+            Ok(Some(Material { ca: m.ca, serving }))
+        }
+        _ => {
+            let ca = pki::new_ca("podsftp-webhook CA", pki::CA_VALIDITY)?;
+            let serving = pki::issue_serving(&ca, sans, pki::SERVING_VALIDITY)?;
+            Ok(Some(Material { ca, serving }))
         }
     }
+}
 
+impl AutoTls {
     /// Makes sure the Secret holds a valid CA and serving certificate; returns what it holds.
     async fn ensure_secret(&self) -> Result<Material, AutoTlsError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         for _ in 0..CONFLICT_RETRIES {
             let existing = api.get_opt(&self.secret_name).await?;
-            let Some(next) = self.renewed(existing.as_ref().and_then(read))? else {
+            let Some(next) = renewed(existing.as_ref().and_then(read), &self.sans)? else {
                 // renewed() returns None only for complete, valid material.
                 return existing.as_ref().and_then(read).ok_or(AutoTlsError::Contended);
             };
@@ -213,5 +215,46 @@ impl AutoTls {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sans() -> Vec<String> {
+        service_sans("podsftp", "podsftp")
+    }
+
+    fn material(serving_days: u64) -> Material {
+        let ca = pki::new_ca("test", pki::CA_VALIDITY).unwrap();
+        let serving = pki::issue_serving(&ca, &sans(), Duration::from_secs(serving_days * 24 * 3600)).unwrap();
+        Material { ca, serving }
+    }
+
+    #[test]
+    fn missing_material_gets_a_new_ca_and_certificate() {
+        let fresh = renewed(None, &sans()).unwrap().expect("generated");
+        assert!(pki::covers(&fresh.serving.cert_pem, &sans()));
+        assert!(pki::seconds_left(&fresh.ca.cert_pem).unwrap() > 9 * 365 * 24 * 3600);
+    }
+
+    #[test]
+    fn good_material_is_kept() {
+        assert!(renewed(Some(material(365)), &sans()).unwrap().is_none());
+    }
+
+    #[test]
+    fn expiring_certificate_or_new_names_renew_the_certificate_under_the_same_ca() {
+        let expiring = material(10);
+        let ca = expiring.ca.clone();
+        let next = renewed(Some(expiring), &sans()).unwrap().expect("renewed");
+        assert_eq!(next.ca, ca, "the CA bundle does not change");
+        assert!(pki::seconds_left(&next.serving.cert_pem).unwrap() > 300 * 24 * 3600);
+
+        let mut more = sans();
+        more.push("127.0.0.1".into());
+        let next = renewed(Some(material(365)), &more).unwrap().expect("reissued");
+        assert!(pki::covers(&next.serving.cert_pem, &more));
     }
 }
