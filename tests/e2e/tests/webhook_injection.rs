@@ -197,6 +197,8 @@ fn selection_by_pod_label_opt_out_and_system_namespaces() {
     assert!(!is_injected(&create_pod(&enabled.name, "opted-out", r#"{"sftp": "disabled"}"#)), "pod label opts out");
     let skipped = r#"podsftp_webhook_admissions_total{outcome="skipped"}"#;
     let skipped_before = metric_value(&webhook.metrics_text(), skipped);
+    // A leftover of an interrupted run would be "unchanged" by apply and never reach the webhook.
+    kubectl(&["delete", "pod", "wh-e2e-untouched", "-n", "kube-system", "--ignore-not-found", "--grace-period=0", "--force"]);
     let system_pod = create_pod("kube-system", "wh-e2e-untouched", r#"{"sftp": "enabled"}"#);
     kubectl(&["delete", "pod", "wh-e2e-untouched", "-n", "kube-system", "--wait=false"]);
     assert!(!is_injected(&system_pod), "kube-system is never injected");
