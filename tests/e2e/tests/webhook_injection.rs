@@ -258,3 +258,29 @@ fn service_follows_template_annotations_and_goes_when_no_injected_pod_remains() 
     });
     assert!(exists("secret", "files-sftp", Some(&ns.name)), "the Secret survives so the login stays the same");
 }
+
+#[test]
+fn user_created_secret_keeps_its_values_and_only_gains_missing_keys() {
+    require_cluster();
+    let ns = TestNamespace::create("wh-usersecret", &injection_enabled());
+    let (_webhook, _registration) = webhook_for("wh-usersecret", "Fail", &[&ns.name]);
+    kubectl(&["create", "secret", "generic", "shop-sftp", "-n", &ns.name, "--from-literal=username=alice", "--from-literal=password=alice-chose-this-password"]);
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "shop", "namespace": "{}"}},
+            "spec": {{"containers": [{{"name": "main", "image": "busybox:1.37"}}]}}}}"#,
+        ns.name
+    ));
+    let secret = eventually("missing keys added to the user's Secret", WAIT, || {
+        let secret = get("secret", "shop-sftp", &ns.name)?;
+        if secret["data"]["ssh_host_ed25519_key"].is_string() { Ok(secret) } else { Err(format!("{secret}")) }
+    });
+    let decode = |key: &str| {
+        kubectl(&["get", "secret", "shop-sftp", "-n", &ns.name, "-o", &format!("go-template={{{{index .data \"{key}\" | base64decode}}}}")])
+    };
+    assert_eq!(decode("username"), "alice");
+    assert_eq!(decode("password"), "alice-chose-this-password");
+    for key in ["authorized_keys", "id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key.pub"] {
+        assert!(secret["data"][key].is_string(), "{key} added");
+    }
+    assert!(secret["metadata"]["ownerReferences"].is_null(), "a user's Secret is not handed to the garbage collector");
+}
