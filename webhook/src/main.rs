@@ -54,13 +54,14 @@ enum LogFormat {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("tls").required(true).args(["tls_cert", "tls_secret"])))]
 struct ServeArgs {
     #[arg(long, env = "PODSFTP_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
     #[arg(long, env = "PODSFTP_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
     /// Serving certificate (PEM), re-read when it changes.
-    #[arg(long, env = "PODSFTP_TLS_CERT", requires = "tls_key", required_unless_present = "tls_secret")]
+    #[arg(long, env = "PODSFTP_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     #[arg(long, env = "PODSFTP_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
