@@ -29,6 +29,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 const MAX_CHANNELS_PER_CONNECTION: usize = 10;
 /// Chunks of client data queued per channel before russh's loop waits for the worker.
 const INPUT_QUEUE: usize = 64;
+/// How long a worker may take to exit after its channel is gone.
+const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub struct Stats {
@@ -115,7 +117,7 @@ impl Connection {
                     }
                 }
             });
-            let mut buf = vec![0u8; 256 * 1024];
+            let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let n = match stdout.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
@@ -126,10 +128,15 @@ impl Connection {
                 }
                 stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
             }
+            // Closing our ends first means a worker blocked on a pipe sees EPIPE/EOF and exits.
+            drop(stdout);
             input.abort();
-            let code = match child.wait().await {
-                Ok(status) => status.code().unwrap_or(1) as u32,
-                Err(_) => 1,
+            let code = match tokio::time::timeout(WORKER_EXIT_GRACE, child.wait()).await {
+                Ok(Ok(status)) => status.code().unwrap_or(1) as u32,
+                _ => {
+                    let _ = child.kill().await;
+                    1
+                }
             };
             let _ = handle.exit_status_request(channel_id, code).await;
             let _ = handle.eof(channel_id).await;

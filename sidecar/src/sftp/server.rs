@@ -257,12 +257,20 @@ fn dispatch(shared: &Arc<Shared>, job: Job) {
         }
         return;
     }
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || {
+    if matches!(job.request, Request::CopyData { .. }) {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let Job { id, request, permit } = job;
+            let response = run_path_request(&shared, id, request);
+            let _ = shared.replies.send((response, permit));
+        });
+    } else {
+        // Metadata operations are single quick syscalls on a local filesystem: handing them to
+        // another thread costs more than it saves (each worker process serves one session).
         let Job { id, request, permit } = job;
-        let response = run_path_request(&shared, id, request);
-        let _ = shared.replies.send((response, permit));
-    });
+        let response = run_path_request(shared, id, request);
+        reply(response, permit);
+    }
 }
 
 fn name_only(name: Vec<u8>) -> NameEntry {
@@ -448,13 +456,22 @@ async fn run_handle(object: Object, mut jobs: mpsc::UnboundedReceiver<Job>, shar
     while let Some(Job { id, request, permit }) = jobs.recv().await {
         let Some(current) = object.take() else { break };
         let closing = matches!(request, Request::Close { .. });
-        let task_who = who.clone();
-        let work = tokio::task::spawn_blocking(move || {
+        let (current, response) = if matches!(request, Request::Close { .. } | Request::Fstat { .. } | Request::Fsetstat { .. }) {
+            // Quick metadata calls run inline; data transfer and listing go to the blocking pool
+            // so other handles keep moving.
             let mut current = current;
-            let response = run_handle_request(&task_who, &mut current, id, request);
+            let response = run_handle_request(&who, &mut current, id, request);
             (current, response)
-        });
-        let Ok((current, response)) = work.await else { break };
+        } else {
+            let task_who = who.clone();
+            let work = tokio::task::spawn_blocking(move || {
+                let mut current = current;
+                let response = run_handle_request(&task_who, &mut current, id, request);
+                (current, response)
+            });
+            let Ok(done) = work.await else { break };
+            done
+        };
         let _ = replies.send((response, permit));
         if closing {
             finish(&who, current);
