@@ -28,7 +28,7 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Like OpenSSH's `MaxSessions` default.
 const MAX_CHANNELS_PER_CONNECTION: usize = 10;
 /// Chunks of client data queued per channel before russh's loop waits for the worker.
-const INPUT_QUEUE: usize = 64;
+const INPUT_QUEUE: usize = 16;
 /// How long a worker may take to exit after its channel is gone.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
 
@@ -52,7 +52,7 @@ pub fn config_for(credentials: &Credentials) -> Arc<russh::server::Config> {
         window_size: 8 * 1024 * 1024,
         maximum_packet_size: 64 * 1024,
         channel_buffer_size: 64,
-        event_buffer_size: 64,
+        event_buffer_size: 16,
         preferred: Preferred { cipher: ciphers.into(), ..Preferred::default() },
         max_auth_attempts: 6,
         inactivity_timeout: Some(Duration::from_secs(3600)),
@@ -322,6 +322,8 @@ pub async fn serve(
             drop(slot);
         });
     }
+    // Closing the socket makes new clients fail fast instead of queueing in the backlog.
+    drop(listener);
     tracing::info!(grace_seconds = grace.as_secs(), "shutting down: no new connections, waiting for running sessions");
     let all = MAX_CONNECTIONS as u32;
     if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {

@@ -24,7 +24,7 @@ use super::listing;
 use crate::confined::Root;
 
 /// Bytes of requests plus expected responses in flight per session.
-const IN_FLIGHT_BYTES: usize = 4 * 1024 * 1024;
+const IN_FLIGHT_BYTES: usize = 2 * 1024 * 1024;
 const MAX_HANDLES: usize = 512;
 const READDIR_BATCH: usize = 128;
 
