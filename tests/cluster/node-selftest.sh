@@ -12,7 +12,7 @@ selftest_image() {
   local applet
   for applet in sh cat echo hostname httpd id ls sleep; do ln -s busybox "$rootfs/bin/$applet"; done
   echo "hello from the podsftp test node" >"$rootfs/www/index.html"
-  "$here/oci-archive" --name "$SELFTEST_IMAGE" --rootfs "$rootfs" --output "$archive" \
+  "$here/../../images/oci-archive" --name "$SELFTEST_IMAGE" --rootfs "$rootfs" --output "$archive" \
     --entrypoint /bin/httpd --cmd -f --cmd -p --cmd 8080 --cmd -h --cmd /www
   rm -rf "$rootfs"
   echo "$archive"

@@ -204,7 +204,7 @@ pause_archive() {
   local archive="$NODE/pause.tar" rootfs="$NODE/pause-rootfs"
   rm -rf "$rootfs"; mkdir -p "$rootfs"
   install -m 0755 "$BIN/pause" "$rootfs/pause"
-  "$cluster_lib_dir/oci-archive" --name "$PAUSE_IMAGE" --entrypoint /pause --user 65535:65535 \
+  "$cluster_lib_dir/../../images/oci-archive" --name "$PAUSE_IMAGE" --entrypoint /pause --user 65535:65535 \
     --rootfs "$rootfs" --output "$archive"
   rm -rf "$rootfs"
   echo "$archive"
