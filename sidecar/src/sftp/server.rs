@@ -486,12 +486,12 @@ async fn run_handle(object: Object, mut jobs: mpsc::UnboundedReceiver<Job>, shar
 
 /// Logs the audit line for a file that was written through a handle.
 fn finish(who: &Options, object: Object) {
-    if let Object::File { path, written, .. } = object {
-        if written > 0 {
-            let path = String::from_utf8_lossy(&path);
-            let (user, client) = (&who.user, &who.client);
-            tracing::info!(target: "audit", user, client, op = "write", path = %path, bytes = written, "ok");
-        }
+    if let Object::File { path, written, .. } = object
+        && written > 0
+    {
+        let path = String::from_utf8_lossy(&path);
+        let (user, client) = (&who.user, &who.client);
+        tracing::info!(target: "audit", user, client, op = "write", path = %path, bytes = written, "ok");
     }
 }
 
