@@ -198,7 +198,7 @@ fn handle_of(request: &Request) -> Option<&[u8]> {
     }
 }
 
-fn audit(who: &Options, op: &str, path: &[u8], outcome: &Result<(), io::Error>) {
+fn audit(who: &Options, op: &str, path: &[u8], outcome: Result<(), &io::Error>) {
     let path = String::from_utf8_lossy(path);
     let (user, client) = (&who.user, &who.client);
     match outcome {
@@ -303,7 +303,7 @@ fn open_flags(p: u32) -> OFlags {
 fn run_path_request(shared: &Arc<Shared>, id: u32, request: Request) -> Response {
     let root = &shared.root;
     let done = |op: &str, path: &[u8], r: io::Result<()>| {
-        audit(&shared.options, op, path, &r);
+        audit(&shared.options, op, path, r.as_ref().map(|_| ()));
         match r {
             Ok(()) => ok(id),
             Err(e) => error_status(id, &e),
@@ -315,14 +315,14 @@ fn run_path_request(shared: &Arc<Shared>, id: u32, request: Request) -> Response
             match root.open_file(&path, open_flags(pflags), attrs.permissions.unwrap_or(0o666)) {
                 Ok(file) => {
                     if modifying {
-                        audit(&shared.options, "open-write", &path, &Ok(()));
+                        audit(&shared.options, "open-write", &path, Ok(()));
                     }
                     let file = Arc::new(file);
                     register(shared, id, Object::File { file: file.clone(), path, written: 0 }, Some(file))
                 }
                 Err(e) => {
                     if modifying {
-                        audit(&shared.options, "open-write", &path, &Err(io::Error::new(e.kind(), e.to_string())));
+                        audit(&shared.options, "open-write", &path, Err(&e));
                     }
                     error_status(id, &e)
                 }
@@ -454,18 +454,16 @@ async fn run_handle(object: Object, mut jobs: mpsc::UnboundedReceiver<Job>, shar
     drop(shared);
     let mut object = Some(object);
     while let Some(Job { id, request, permit }) = jobs.recv().await {
-        let Some(current) = object.take() else { break };
+        let Some(mut current) = object.take() else { break };
         let closing = matches!(request, Request::Close { .. });
         let (current, response) = if matches!(request, Request::Close { .. } | Request::Fstat { .. } | Request::Fsetstat { .. }) {
             // Quick metadata calls run inline; data transfer and listing go to the blocking pool
             // so other handles keep moving.
-            let mut current = current;
             let response = run_handle_request(&who, &mut current, id, request);
             (current, response)
         } else {
             let task_who = who.clone();
             let work = tokio::task::spawn_blocking(move || {
-                let mut current = current;
                 let response = run_handle_request(&task_who, &mut current, id, request);
                 (current, response)
             });
@@ -521,7 +519,7 @@ fn run_handle_request(who: &Options, object: &mut Object, id: u32, request: Requ
         (Object::Dir { fd, .. }, Request::Fstat { .. }) => attrs_reply(id, rustix::fs::fstat(&*fd).map_err(io::Error::from)),
         (Object::File { file, path, .. }, Request::Fsetstat { attrs, .. }) => {
             let r = fsetstat(&**file, &attrs);
-            audit(who, "setstat", path, &r.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+            audit(who, "setstat", path, r.as_ref().map(|_| ()));
             match r {
                 Ok(()) => ok(id),
                 Err(e) => error_status(id, &e),
