@@ -3,7 +3,8 @@
 //! touches `/proc/<pid>/...`; speaks SFTP on stdin/stdout.
 
 use std::ffi::OsString;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -126,24 +127,15 @@ fn find(container: &str, pids: &[u32]) -> Result<(), String> {
 const PIPE_SIZE: libc::c_int = 1024 * 1024;
 
 fn sftp(root: Root, options: Options) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(16)
-        .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))?;
-    runtime.block_on(async {
-        // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
-        let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
-        for fd in [0, 1] {
-            // Bigger pipes mean fewer wakeups per 255 KiB READ/WRITE; best effort (1 MiB is
-            // the unprivileged limit by default).
-            unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        }
-        let input = tokio::net::unix::pipe::Receiver::from_owned_fd(stdin).map_err(|e| format!("stdin: {e}"))?;
-        let output = tokio::net::unix::pipe::Sender::from_owned_fd(stdout).map_err(|e| format!("stdout: {e}"))?;
-        server::serve(root, options, input, output).await.map_err(|e| {
-            tracing::warn!(error = %e, "closing SFTP session");
-            e.to_string()
-        })
+    // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
+    let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
+    for fd in [&stdin, &stdout] {
+        // Bigger pipes mean fewer wakeups per 255 KiB READ/WRITE; best effort (1 MiB is the
+        // unprivileged limit by default).
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    }
+    server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(|e| {
+        tracing::warn!(error = %e, "closing SFTP session");
+        e.to_string()
     })
 }

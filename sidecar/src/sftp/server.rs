@@ -1,23 +1,29 @@
 //! Executes SFTP requests against a confined root.
 //!
-//! Concurrency model: one reader loop decodes packets; requests on the same handle go through
-//! that handle's queue and run in order (what clients rely on), requests on different handles
-//! and path requests run in parallel on the blocking pool. In-flight work is bounded by bytes
-//! (a semaphore whose permits are bytes: request size plus expected response size) and the
-//! permit is only released once the response has been written, so a slow reader slows the
-//! reader loop instead of growing memory. Responses are written by one writer task.
+//! Threads (leader/followers): whoever holds the input lock reads the next request and claims
+//! it before letting go; the next thread waiting on the lock takes over reading while this one
+//! runs the request and writes the reply itself, so a request never waits for a thread to wake
+//! up (the next reader wakes off the critical path). Metadata requests, which are single quick
+//! syscalls, are run by the reader itself without any hand-off. A slow disk holds up only its
+//! own handle: a thread is added (up to `MAX_THREADS`) whenever nobody is left waiting
+//! to read. Requests on one handle run in arrival order (clients rely on it); requests that
+//! name paths run in arrival order among themselves.
+//!
+//! In-flight work is bounded by bytes (request size plus expected response size), released
+//! only once the response is written, so a slow reader slows the reading of requests instead
+//! of growing memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io;
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, Scope};
 
 use bytes::{Bytes, BytesMut};
 use rustix::fs::{AtFlags, Dir, OFlags};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::codec::{self, Attrs, NameEntry, Packet, Request, Response, StatVfs, StatusCode, pflags};
 use super::listing;
@@ -27,6 +33,13 @@ use crate::confined::Root;
 const IN_FLIGHT_BYTES: usize = 2 * 1024 * 1024;
 const MAX_HANDLES: usize = 512;
 const READDIR_BATCH: usize = 128;
+/// Threads per session: how many slow requests (on different handles) can wait on the disk
+/// at once while the session keeps reading.
+const MAX_THREADS: usize = 8;
+/// Requests need little stack: paths are resolved by the kernel, buffers live on the heap.
+const THREAD_STACK: usize = 256 * 1024;
+/// Requests are small; buffering saves a read per request (large WRITEs bypass the buffer).
+const INPUT_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -50,9 +63,7 @@ pub enum SessionError {
     Io(#[from] io::Error),
 }
 
-type Reply = (Response, OwnedSemaphorePermit);
-
-/// What a handle refers to; owned by the handle's task.
+/// What a handle refers to; owned by whichever thread runs the handle's requests.
 enum Object {
     File { file: Arc<File>, path: Vec<u8>, written: u64 },
     Dir { fd: OwnedFd, dir: Dir, is_root: bool },
@@ -61,54 +72,320 @@ enum Object {
 struct Job {
     id: u32,
     request: Request,
-    permit: OwnedSemaphorePermit,
+    /// Bytes of the in-flight budget held until the response is written.
+    cost: usize,
 }
 
 struct HandleEntry {
-    queue: mpsc::UnboundedSender<Job>,
+    /// `None` while a thread runs this handle's requests; later ones wait in `queue`.
+    object: Option<Object>,
+    queue: VecDeque<Job>,
     /// Set for files, so copy-data can use two handles at once.
     file: Option<Arc<File>>,
+    /// CLOSE was received: later requests on this handle are refused.
+    closing: bool,
 }
 
+#[derive(Default)]
+struct State {
+    handles: HashMap<Vec<u8>, HandleEntry>,
+    next_handle: u64,
+    /// A thread is running path requests; later ones wait in `paths_queue`.
+    paths_busy: bool,
+    paths_queue: VecDeque<Job>,
+}
+
+/// What the thread that claimed a request runs: the request and then its lane's queue.
+enum Work {
+    Paths(Job),
+    Handle { handle: Vec<u8>, object: Object, job: Job },
+}
+
+impl Work {
+    /// Metadata requests are single quick syscalls on a local filesystem; data transfer,
+    /// listing, fsync and copy-data may wait on the disk.
+    fn is_quick(&self) -> bool {
+        let (Work::Paths(job) | Work::Handle { job, .. }) = self;
+        !matches!(
+            job.request,
+            Request::Read { .. } | Request::Write { .. } | Request::Readdir { .. } | Request::Fsync { .. } | Request::CopyData { .. }
+        )
+    }
+}
+
+/// The part of a session that request execution sees.
 struct Shared {
     root: Root,
     options: Options,
-    handles: Mutex<HashMap<Vec<u8>, HandleEntry>>,
-    next_handle: std::sync::atomic::AtomicU64,
-    replies: mpsc::UnboundedSender<Reply>,
+    state: Mutex<State>,
+}
+
+struct Input<R> {
+    reader: BufReader<R>,
+    /// Set when the stream ended; holds why if it ended badly.
+    ended: Option<Result<(), SessionError>>,
+}
+
+struct Output<W> {
+    writer: W,
+    /// The other side went away: later replies are dropped.
+    failed: bool,
+}
+
+/// Bytes in flight: (used, whether the reader is waiting for some to be freed).
+#[derive(Default)]
+struct Budget {
+    used: Mutex<(usize, bool)>,
+    freed: Condvar,
+}
+
+struct Session<R, W> {
+    shared: Shared,
+    input: Mutex<Input<R>>,
+    output: Mutex<Output<W>>,
+    budget: Budget,
+    /// Threads waiting to take over reading; when none is left, the reader starts one.
+    waiting_readers: AtomicUsize,
+    threads: AtomicUsize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic aborts the process (release profile), so a poisoned lock only occurs in tests.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Serves one SFTP session until the client closes the stream or sends something malformed.
-pub async fn serve<R, W>(root: Root, options: Options, mut input: R, output: W) -> Result<(), SessionError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let (replies, reply_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_replies(reply_rx, output));
-    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
-    let shared = Arc::new(Shared {
-        root,
-        options,
-        handles: Mutex::new(HashMap::new()),
-        next_handle: 0.into(),
-        replies,
-    });
-    let result = read_requests(&shared, &budget, &mut input).await;
-    // Dropping the handle queues lets handle tasks finish their work and exit; the writer ends
-    // once every reply sender (held by in-flight tasks) is gone.
-    shared.handles.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    drop(shared);
-    let written = writer.await.map_err(|e| io::Error::other(e.to_string()))?;
-    result?;
-    written?;
-    Ok(())
+/// Blocks the calling thread, which becomes the session's first thread.
+pub fn serve<R: Read + Send, W: Write + Send>(root: Root, options: Options, input: R, output: W) -> Result<(), SessionError> {
+    let session = Session {
+        shared: Shared { root, options, state: Mutex::new(State::default()) },
+        input: Mutex::new(Input { reader: BufReader::with_capacity(INPUT_BUFFER, input), ended: None }),
+        output: Mutex::new(Output { writer: output, failed: false }),
+        budget: Budget::default(),
+        waiting_readers: AtomicUsize::new(0),
+        threads: AtomicUsize::new(1),
+    };
+    session.handshake()?;
+    thread::scope(|scope| session.run_thread(scope));
+    // Every thread is gone: handles still open were never closed by the client.
+    let state = std::mem::take(&mut *lock(&session.shared.state));
+    for entry in state.handles.into_values() {
+        if let Some(object) = entry.object {
+            finish(&session.shared.options, object);
+        }
+    }
+    let ended = lock(&session.input).ended.take();
+    ended.unwrap_or(Ok(()))
 }
 
-async fn read_packet<R: AsyncRead + Unpin>(input: &mut R) -> Result<Option<Bytes>, SessionError> {
+impl<R: Read + Send, W: Write + Send> Session<R, W> {
+    fn handshake(&self) -> Result<(), SessionError> {
+        let mut input = lock(&self.input);
+        let Some(first) = read_packet(&mut input.reader)? else {
+            input.ended = Some(Ok(()));
+            return Ok(());
+        };
+        match codec::decode(&first)? {
+            Packet::Init { .. } => self.reply(&Response::Version { extensions: extensions() }, 0),
+            Packet::Request { .. } => return Err(SessionError::NoInit),
+        }
+        Ok(())
+    }
+
+    fn run_thread<'scope>(&'scope self, scope: &'scope Scope<'scope, '_>) {
+        while let Some(work) = self.next_work(scope) {
+            self.run(work);
+        }
+    }
+
+    /// Waits to be the reader, then reads until a request is claimed by this thread (or the
+    /// stream ends). Requests queued behind a busy lane do not end the turn.
+    fn next_work<'scope>(&'scope self, scope: &'scope Scope<'scope, '_>) -> Option<Work> {
+        self.waiting_readers.fetch_add(1, Ordering::SeqCst);
+        let mut input = lock(&self.input);
+        self.waiting_readers.fetch_sub(1, Ordering::SeqCst);
+        while input.ended.is_none() {
+            match self.read_job(&mut input.reader) {
+                Ok(Some(job)) => match self.claim(job) {
+                    // Still the reader: waking another thread would cost more than the request.
+                    Some(work) if work.is_quick() => self.run(work),
+                    Some(work) => {
+                        if self.waiting_readers.load(Ordering::SeqCst) == 0 {
+                            self.add_thread(scope);
+                        }
+                        return Some(work);
+                    }
+                    None => {}
+                },
+                Ok(None) => input.ended = Some(Ok(())),
+                Err(e) => input.ended = Some(Err(e)),
+            }
+        }
+        None
+    }
+
+    fn add_thread<'scope>(&'scope self, scope: &'scope Scope<'scope, '_>) {
+        if self.threads.fetch_add(1, Ordering::SeqCst) >= MAX_THREADS {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let started = thread::Builder::new().name("sftp".into()).stack_size(THREAD_STACK).spawn_scoped(scope, move || self.run_thread(scope));
+        if let Err(e) = started {
+            // The session still works, with less concurrency.
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(error = %e, "cannot start another SFTP thread");
+        }
+    }
+
+    /// The next request that needs a thread; requests answered on the spot are answered here.
+    fn read_job(&self, reader: &mut BufReader<R>) -> Result<Option<Job>, SessionError> {
+        loop {
+            let Some(body) = read_packet(reader)? else { return Ok(None) };
+            let (id, request) = match codec::decode(&body)? {
+                Packet::Init { .. } => return Err(SessionError::NoInit),
+                Packet::Request { id, request } => (id, request),
+            };
+            if let Some(response) = immediate_response(&self.shared.options, id, &request) {
+                self.reply(&response, 0);
+                continue;
+            }
+            let expected = match &request {
+                Request::Read { len, .. } => (*len).min(codec::MAX_IO) as usize + 13,
+                Request::Readdir { .. } => 32 * 1024,
+                _ => 256,
+            };
+            let cost = (body.len() + expected).min(IN_FLIGHT_BYTES);
+            self.budget.acquire(cost);
+            return Ok(Some(Job { id, request, cost }));
+        }
+    }
+
+    /// Takes the job's lane if it is free, else queues the job behind the lane's running work.
+    fn claim(&self, job: Job) -> Option<Work> {
+        let mut state = lock(&self.shared.state);
+        let Some(handle) = handle_of(&job.request) else {
+            if state.paths_busy {
+                state.paths_queue.push_back(job);
+                return None;
+            }
+            state.paths_busy = true;
+            return Some(Work::Paths(job));
+        };
+        let Some(entry) = state.handles.get_mut(handle).filter(|e| !e.closing) else {
+            drop(state);
+            self.reply(&status(job.id, StatusCode::Failure, "invalid handle"), job.cost);
+            return None;
+        };
+        entry.closing = matches!(job.request, Request::Close { .. });
+        match entry.object.take() {
+            Some(object) => Some(Work::Handle { handle: handle.to_vec(), object, job }),
+            None => {
+                entry.queue.push_back(job);
+                None
+            }
+        }
+    }
+
+    /// Runs the claimed request, then whatever queued up behind it in the same lane.
+    fn run(&self, work: Work) {
+        let shared = &self.shared;
+        match work {
+            Work::Paths(mut job) => loop {
+                let response = run_path_request(shared, job.id, job.request);
+                self.reply(&response, job.cost);
+                let mut state = lock(&shared.state);
+                match state.paths_queue.pop_front() {
+                    Some(next) => job = next,
+                    None => {
+                        state.paths_busy = false;
+                        return;
+                    }
+                }
+            },
+            Work::Handle { handle, mut object, mut job } => loop {
+                let closing = matches!(job.request, Request::Close { .. });
+                let response = run_handle_request(&shared.options, &mut object, job.id, job.request);
+                if closing {
+                    // Close the file before answering, as a client may act on it right away.
+                    lock(&shared.state).handles.remove(&handle);
+                    finish(&shared.options, object);
+                    self.reply(&response, job.cost);
+                    return;
+                }
+                self.reply(&response, job.cost);
+                let mut state = lock(&shared.state);
+                let Some(entry) = state.handles.get_mut(&handle) else { return };
+                match entry.queue.pop_front() {
+                    Some(next) => job = next,
+                    None => {
+                        entry.object = Some(object);
+                        return;
+                    }
+                }
+            },
+        }
+    }
+
+    /// Writes one response and gives its bytes back to the budget.
+    fn reply(&self, response: &Response, cost: usize) {
+        let mut header = BytesMut::new();
+        let payload = codec::encode(response, &mut header);
+        {
+            let mut output = lock(&self.output);
+            if !output.failed
+                && let Err(e) = write_all_vectored(&mut output.writer, &header, payload.as_deref().unwrap_or_default())
+            {
+                output.failed = true;
+                tracing::debug!(error = %e, "cannot write SFTP responses");
+            }
+        }
+        self.budget.release(cost);
+    }
+}
+
+impl Budget {
+    fn acquire(&self, cost: usize) {
+        let mut used = lock(&self.used);
+        // An empty budget always admits one request, however large.
+        while used.0 > 0 && used.0 + cost > IN_FLIGHT_BYTES {
+            used.1 = true;
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        used.1 = false;
+        used.0 += cost;
+    }
+
+    fn release(&self, cost: usize) {
+        if cost == 0 {
+            return;
+        }
+        let mut used = lock(&self.used);
+        used.0 -= cost;
+        if used.1 {
+            self.freed.notify_one();
+        }
+    }
+}
+
+fn write_all_vectored(writer: &mut impl Write, header: &[u8], payload: &[u8]) -> io::Result<()> {
+    let mut slices = [IoSlice::new(header), IoSlice::new(payload)];
+    let mut slices = &mut slices[..];
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match writer.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    writer.flush()
+}
+
+fn read_packet(input: &mut impl Read) -> Result<Option<Bytes>, SessionError> {
     let mut len = [0u8; 4];
-    match input.read_exact(&mut len).await {
-        Ok(_) => {}
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
@@ -117,7 +394,7 @@ async fn read_packet<R: AsyncRead + Unpin>(input: &mut R) -> Result<Option<Bytes
         return Err(SessionError::Oversized(len));
     }
     let mut body = BytesMut::zeroed(len as usize);
-    input.read_exact(&mut body).await.map_err(|e| {
+    input.read_exact(&mut body).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof { SessionError::Truncated } else { e.into() }
     })?;
     Ok(Some(body.freeze()))
@@ -138,30 +415,26 @@ fn extensions() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-async fn read_requests<R: AsyncRead + Unpin>(shared: &Arc<Shared>, budget: &Arc<Semaphore>, input: &mut R) -> Result<(), SessionError> {
-    let Some(first) = read_packet(input).await? else { return Ok(()) };
-    match codec::decode(&first)? {
-        Packet::Init { .. } => {
-            let permit = budget.clone().acquire_many_owned(64).await.map_err(io::Error::other)?;
-            let _ = shared.replies.send((Response::Version { extensions: extensions() }, permit));
+/// Requests answered without touching the filesystem.
+fn immediate_response(options: &Options, id: u32, request: &Request) -> Option<Response> {
+    if options.read_only && request.is_modifying() {
+        return Some(status(id, StatusCode::PermissionDenied, "read-only: this server refuses changes"));
+    }
+    Some(match request {
+        Request::Limits => Response::Limits {
+            id,
+            max_packet: codec::MAX_PACKET as u64,
+            max_read: codec::MAX_IO as u64,
+            max_write: codec::MAX_IO as u64,
+            max_handles: MAX_HANDLES as u64,
+        },
+        Request::HomeDirectory => Response::Name { id, entries: vec![name_only(b"/".to_vec())] },
+        Request::Unknown { kind } => status(id, StatusCode::OpUnsupported, format!("unsupported request type {kind}")),
+        Request::UnknownExtended { name } => {
+            status(id, StatusCode::OpUnsupported, format!("unsupported extension {}", String::from_utf8_lossy(name)))
         }
-        Packet::Request { .. } => return Err(SessionError::NoInit),
-    }
-    while let Some(body) = read_packet(input).await? {
-        let (id, request) = match codec::decode(&body)? {
-            Packet::Init { .. } => return Err(SessionError::NoInit),
-            Packet::Request { id, request } => (id, request),
-        };
-        let expected = match &request {
-            Request::Read { len, .. } => (*len).min(codec::MAX_IO) as usize + 13,
-            Request::Readdir { .. } => 32 * 1024,
-            _ => 256,
-        };
-        let cost = (body.len() + expected).min(IN_FLIGHT_BYTES) as u32;
-        let permit = budget.clone().acquire_many_owned(cost).await.map_err(io::Error::other)?;
-        dispatch(shared, Job { id, request, permit });
-    }
-    Ok(())
+        _ => return None,
+    })
 }
 
 fn status(id: u32, code: StatusCode, message: impl Into<String>) -> Response {
@@ -207,72 +480,6 @@ fn audit(who: &Options, op: &str, path: &[u8], outcome: Result<(), &io::Error>) 
     }
 }
 
-fn dispatch(shared: &Arc<Shared>, job: Job) {
-    let reply = |resp: Response, permit| {
-        let _ = shared.replies.send((resp, permit));
-    };
-    if shared.options.read_only && job.request.is_modifying() {
-        return reply(status(job.id, StatusCode::PermissionDenied, "read-only: this server refuses changes"), job.permit);
-    }
-    match &job.request {
-        Request::Limits => {
-            return reply(
-                Response::Limits {
-                    id: job.id,
-                    max_packet: codec::MAX_PACKET as u64,
-                    max_read: codec::MAX_IO as u64,
-                    max_write: codec::MAX_IO as u64,
-                    max_handles: MAX_HANDLES as u64,
-                },
-                job.permit,
-            );
-        }
-        Request::HomeDirectory => {
-            return reply(Response::Name { id: job.id, entries: vec![name_only(b"/".to_vec())] }, job.permit);
-        }
-        Request::Unknown { kind } => {
-            let message = format!("unsupported request type {kind}");
-            return reply(status(job.id, StatusCode::OpUnsupported, message), job.permit);
-        }
-        Request::UnknownExtended { name } => {
-            let message = format!("unsupported extension {}", String::from_utf8_lossy(name));
-            return reply(status(job.id, StatusCode::OpUnsupported, message), job.permit);
-        }
-        _ => {}
-    }
-    if let Some(handle) = handle_of(&job.request) {
-        let mut handles = shared.handles.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = if matches!(job.request, Request::Close { .. }) { handles.remove(handle) } else { None };
-        let queue = match &entry {
-            Some(entry) => Some(&entry.queue),
-            None => handles.get(handle).map(|e| &e.queue),
-        };
-        match queue {
-            Some(queue) => {
-                if let Err(mpsc::error::SendError(job)) = queue.send(job) {
-                    reply(status(job.id, StatusCode::Failure, "handle is closing"), job.permit);
-                }
-            }
-            None => reply(status(job.id, StatusCode::Failure, "invalid handle"), job.permit),
-        }
-        return;
-    }
-    if matches!(job.request, Request::CopyData { .. }) {
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let Job { id, request, permit } = job;
-            let response = run_path_request(&shared, id, request);
-            let _ = shared.replies.send((response, permit));
-        });
-    } else {
-        // Metadata operations are single quick syscalls on a local filesystem: handing them to
-        // another thread costs more than it saves (each worker process serves one session).
-        let Job { id, request, permit } = job;
-        let response = run_path_request(shared, id, request);
-        reply(response, permit);
-    }
-}
-
 fn name_only(name: Vec<u8>) -> NameEntry {
     NameEntry { longname: name.clone(), filename: name, attrs: Attrs::default() }
 }
@@ -300,7 +507,7 @@ fn open_flags(p: u32) -> OFlags {
 }
 
 /// Requests that name paths (plus OPEN/OPENDIR, which create handles and copy-data, which uses two).
-fn run_path_request(shared: &Arc<Shared>, id: u32, request: Request) -> Response {
+fn run_path_request(shared: &Shared, id: u32, request: Request) -> Response {
     let root = &shared.root;
     let done = |op: &str, path: &[u8], r: io::Result<()>| {
         audit(&shared.options, op, path, r.as_ref().map(|_| ()));
@@ -372,8 +579,8 @@ fn run_path_request(shared: &Arc<Shared>, id: u32, request: Request) -> Response
         Request::Statvfs { path } => statvfs_reply(id, root.statvfs(&path)),
         Request::CopyData { read_handle, read_offset, len, write_handle, write_offset } => {
             let files = {
-                let handles = shared.handles.lock().unwrap_or_else(|e| e.into_inner());
-                let file = |h: &[u8]| handles.get(h).and_then(|e| e.file.clone());
+                let state = lock(&shared.state);
+                let file = |h: &[u8]| state.handles.get(h).and_then(|e| e.file.clone());
                 (file(&read_handle), file(&write_handle))
             };
             match files {
@@ -434,52 +641,15 @@ fn statvfs_reply(id: u32, st: io::Result<rustix::fs::StatVfs>) -> Response {
     }
 }
 
-fn register(shared: &Arc<Shared>, id: u32, object: Object, file: Option<Arc<File>>) -> Response {
-    let mut handles = shared.handles.lock().unwrap_or_else(|e| e.into_inner());
-    if handles.len() >= MAX_HANDLES {
+fn register(shared: &Shared, id: u32, object: Object, file: Option<Arc<File>>) -> Response {
+    let mut state = lock(&shared.state);
+    if state.handles.len() >= MAX_HANDLES {
         return status(id, StatusCode::Failure, "too many open handles");
     }
-    let handle = shared.next_handle.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string().into_bytes();
-    let (queue, jobs) = mpsc::unbounded_channel();
-    handles.insert(handle.clone(), HandleEntry { queue, file });
-    tokio::runtime::Handle::current().spawn(run_handle(object, jobs, shared.clone()));
+    let handle = state.next_handle.to_string().into_bytes();
+    state.next_handle += 1;
+    state.handles.insert(handle.clone(), HandleEntry { object: Some(object), queue: VecDeque::new(), file, closing: false });
     Response::Handle { id, handle }
-}
-
-/// Runs one handle's requests in arrival order; ends at CLOSE or when the session ends.
-async fn run_handle(object: Object, mut jobs: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>) {
-    let replies = shared.replies.clone();
-    let who = shared.options.clone();
-    // The handle task must not keep the session's handle table alive.
-    drop(shared);
-    let mut object = Some(object);
-    while let Some(Job { id, request, permit }) = jobs.recv().await {
-        let Some(mut current) = object.take() else { break };
-        let closing = matches!(request, Request::Close { .. });
-        let (current, response) = if matches!(request, Request::Close { .. } | Request::Fstat { .. } | Request::Fsetstat { .. }) {
-            // Quick metadata calls run inline; data transfer and listing go to the blocking pool
-            // so other handles keep moving.
-            let response = run_handle_request(&who, &mut current, id, request);
-            (current, response)
-        } else {
-            let task_who = who.clone();
-            let work = tokio::task::spawn_blocking(move || {
-                let response = run_handle_request(&task_who, &mut current, id, request);
-                (current, response)
-            });
-            let Ok(done) = work.await else { break };
-            done
-        };
-        let _ = replies.send((response, permit));
-        if closing {
-            finish(&who, current);
-            break;
-        }
-        object = Some(current);
-    }
-    if let Some(current) = object {
-        finish(&who, current);
-    }
 }
 
 /// Logs the audit line for a file that was written through a handle.
@@ -588,30 +758,3 @@ fn readdir(id: u32, fd: &OwnedFd, dir: &mut Dir, is_root: bool) -> Response {
     if entries.is_empty() { status(id, StatusCode::Eof, "End of file") } else { Response::Name { id, entries } }
 }
 
-async fn write_replies<W: AsyncWrite + Unpin>(mut replies: mpsc::UnboundedReceiver<Reply>, mut output: W) -> io::Result<()> {
-    let mut out = BytesMut::with_capacity(64 * 1024);
-    let mut permits = Vec::new();
-    while let Some(first) = replies.recv().await {
-        let mut next = Some(first);
-        while let Some((response, permit)) = next.take() {
-            if let Some(payload) = codec::encode(&response, &mut out) {
-                out.extend_from_slice(&payload);
-            }
-            permits.push(permit);
-            if out.len() >= 64 * 1024 {
-                output.write_all(&out).await?;
-                out.clear();
-                permits.clear();
-            }
-            next = replies.try_recv().ok();
-        }
-        if !out.is_empty() {
-            output.write_all(&out).await?;
-            out.clear();
-        }
-        output.flush().await?;
-        permits.clear();
-    }
-    output.flush().await?;
-    output.shutdown().await
-}
