@@ -1,5 +1,6 @@
-//! `/healthz` (process alive) and `/readyz` (credentials loaded and target reachable, else 503
-//! with the reason) over a minimal HTTP/1.1 responder; kubelet probes are the only clients.
+//! `/healthz` (process alive) and `/readyz` (credentials loaded, target reachable and not
+//! shutting down, else 503 with the reason) over a minimal HTTP/1.1 responder; kubelet probes
+//! are the only clients.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,10 +43,13 @@ pub fn readiness(credentials: watch::Receiver<State>, access: Arc<Access>) -> wa
     rx
 }
 
-pub async fn serve(listener: TcpListener, ready: watch::Receiver<Result<(), String>>) {
+/// Answers probes until the process exits; `stopping` turns `/readyz` to 503 during the
+/// SIGTERM grace period, while running sessions finish.
+pub async fn serve(listener: TcpListener, ready: watch::Receiver<Result<(), String>>, stopping: watch::Receiver<bool>) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else { continue };
         let ready = ready.clone();
+        let stopping = *stopping.borrow();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let mut len = 0;
@@ -67,6 +71,7 @@ pub async fn serve(listener: TcpListener, ready: watch::Receiver<Result<(), Stri
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let (code, body) = match path {
                 "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/readyz" if stopping => ("503 Service Unavailable", "shutting down\n".to_string()),
                 "/readyz" => match &*ready.borrow() {
                     Ok(()) => ("200 OK", "ready\n".to_string()),
                     Err(reason) => ("503 Service Unavailable", format!("{reason}\n")),

@@ -134,12 +134,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(listen = %args.listen, target = %access.describe(), read_only = args.read_only, version = env!("CARGO_PKG_VERSION"), "serving SFTP");
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = args.health_listen {
         let health = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
         let ready = health::readiness(credentials.clone(), access.clone());
-        tokio::spawn(health::serve(health, ready));
+        tokio::spawn(health::serve(health, ready, stopping_rx));
     }
-    let shutdown = async {
+    let shutdown = async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
             Err(_) => return std::future::pending().await,
@@ -148,6 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
+        let _ = stopping.send(true);
     };
     ssh::serve(listener, credentials, access, shutdown, Duration::from_secs(args.grace_seconds)).await;
     Ok(())

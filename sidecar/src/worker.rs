@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -11,8 +12,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use rustix::fs::OFlags;
+
 use crate::confined::Root;
 use crate::privilege;
+use crate::sftp::accounts::Accounts;
 use crate::sftp::server::{self, Options};
 use crate::target::{self, EnvCheck, Identity};
 
@@ -82,22 +86,49 @@ fn take_identity(who: &Become) -> Result<(), String> {
 }
 
 fn open_root(args: &RootArgs) -> Result<Root, String> {
-    let root = Root::open(&args.path).map_err(|e| format!("cannot open {}: {e}", args.path.display()))?;
+    narrow(open_top(args)?, args)
+}
+
+/// The filesystem named by `--path`, before `--root` narrows it.
+fn open_top(args: &RootArgs) -> Result<Root, String> {
+    Root::open(&args.path).map_err(|e| format!("cannot open {}: {e}", args.path.display()))
+}
+
+fn narrow(top: Root, args: &RootArgs) -> Result<Root, String> {
     match &args.root {
-        Some(sub) => root
+        Some(sub) => top
             .subdir(sub.as_bytes())
             .map_err(|e| format!("cannot open --root {} inside {}: {e}", String::from_utf8_lossy(sub.as_bytes()), args.path.display())),
-        None => Ok(root),
+        None => Ok(top),
     }
+}
+
+/// Largest `/etc/passwd` or `/etc/group` read: the files belong to the app container, so an
+/// odd one (huge, a device) must not bloat or stall the session.
+const ACCOUNTS_FILE_LIMIT: u64 = 1024 * 1024;
+
+/// The app's account names, from its filesystem (not `--root`'s subdirectory). Missing or
+/// unreadable files just mean numeric ids.
+fn read_accounts(top: &Root) -> Accounts {
+    let read = |path: &[u8]| {
+        let mut content = Vec::new();
+        if let Ok(file) = top.open_file(path, OFlags::RDONLY | OFlags::NONBLOCK, 0) {
+            let _ = file.take(ACCOUNTS_FILE_LIMIT).read_to_end(&mut content);
+        }
+        content
+    };
+    Accounts::parse(&read(b"/etc/passwd"), &read(b"/etc/group"))
 }
 
 pub fn run(args: WorkerArgs) -> ExitCode {
     let result = match args.mode {
         Mode::Probe { who, root } => take_identity(&who).and_then(|()| open_root(&root)).map(drop),
         Mode::Find { who, container, pids } => take_identity(&who).and_then(|()| find(&container, &pids)),
-        Mode::Sftp { who, root, read_only, user, client } => {
-            take_identity(&who).and_then(|()| open_root(&root)).and_then(|r| sftp(r, Options { read_only, user, client }))
-        }
+        Mode::Sftp { who, root, read_only, user, client } => take_identity(&who).and_then(|()| {
+            let top = open_top(&root)?;
+            let accounts = read_accounts(&top);
+            sftp(narrow(top, &root)?, Options { read_only, user, client, accounts })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -112,3 +112,26 @@ fn non_utf8_names_round_trip() {
     assert_eq!(std::fs::read(served.path().join("up").join(name)).unwrap(), b"latin-1 name");
     assert_eq!(std::fs::read(local.path().join("down").join(name)).unwrap(), b"latin-1 name");
 }
+
+#[test]
+fn owners_are_named_as_the_served_filesystem_names_them() {
+    let served = tempfile::tempdir().unwrap();
+    let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+    std::fs::create_dir_all(served.path().join("etc")).unwrap();
+    std::fs::write(served.path().join("etc/passwd"), format!("pod-owner:x:{uid}:{gid}::/:/bin/sh\n")).unwrap();
+    std::fs::write(served.path().join("etc/group"), format!("pod-group:x:{gid}:\n")).unwrap();
+    std::fs::create_dir(served.path().join("data")).unwrap();
+    std::fs::write(served.path().join("data/report.csv"), b"a,b\n").unwrap();
+    // The names come from the app's filesystem even when --root narrows what is served.
+    let server = Server::start(&["--dir", served.path().to_str().unwrap(), "--root", "data"]);
+    // `ls -l DIR` shows the server's long names; `ls -l GLOB` makes OpenSSH's client format the
+    // line itself, with names from users-groups-by-id@openssh.com.
+    let out = server.sftp_batch("ls -l /\nls -l /*.csv\n");
+    assert_ok(&out, "ls -l");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("report.csv")).collect();
+    assert_eq!(lines.len(), 2, "two listings of report.csv: {stdout}");
+    for line in lines {
+        assert!(line.contains("pod-owner") && line.contains("pod-group"), "names in: {line}");
+    }
+}

@@ -1,4 +1,5 @@
-//! SIGTERM: no new connections, the running transfer finishes, then the process exits.
+//! SIGTERM: no new connections, `/readyz` says so, the running transfer finishes, then the
+//! process exits.
 
 mod common;
 
@@ -28,6 +29,8 @@ fn sigterm_lets_the_running_transfer_finish() {
     assert!(std::process::Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().unwrap().success());
     std::thread::sleep(Duration::from_millis(300));
     assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err(), "still accepting after SIGTERM");
+    let (code, body) = server.http("/readyz");
+    assert_eq!((code, body.trim()), (503, "shutting down"), "/readyz during the grace period");
     let out = transfer.wait_with_output().unwrap();
     assert_ok(&out, "transfer running during SIGTERM");
     assert_eq!(sha256_file(&local.path().join("file.bin")), sha256_file(&served.path().join("file.bin")));

@@ -112,6 +112,8 @@ pub enum Request {
     ExpandPath { path: Vec<u8> },
     CopyData { read_handle: Vec<u8>, read_offset: u64, len: u64, write_handle: Vec<u8>, write_offset: u64 },
     HomeDirectory,
+    /// `users-groups-by-id@openssh.com`: names for these ids.
+    UsersGroupsById { uids: Vec<u32>, gids: Vec<u32> },
     /// An extension we do not implement: answered with SSH_FX_OP_UNSUPPORTED.
     UnknownExtended { name: Vec<u8> },
     /// A packet type we do not know: answered with SSH_FX_OP_UNSUPPORTED.
@@ -149,6 +151,8 @@ pub enum DecodeError {
     Empty,
     #[error("trailing garbage after {0} packet")]
     Trailing(u8),
+    #[error("id list of {0} bytes is not a list of uint32")]
+    IdList(usize),
 }
 
 /// Reads big-endian SSH primitives from a byte slice.
@@ -288,11 +292,20 @@ fn decode_extended(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
             r.bytes()?;
             Request::HomeDirectory
         }
+        b"users-groups-by-id@openssh.com" => Request::UsersGroupsById { uids: id_list(r.bytes()?)?, gids: id_list(r.bytes()?)? },
         other => {
             r.buf = &[];
             Request::UnknownExtended { name: other.to_vec() }
         }
     })
+}
+
+/// A string holding packed uint32s.
+fn id_list(bytes: &[u8]) -> Result<Vec<u32>, DecodeError> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(DecodeError::IdList(bytes.len()));
+    }
+    Ok(bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 /// One entry of a NAME response.
@@ -329,6 +342,8 @@ pub enum Response {
     Attrs { id: u32, attrs: Attrs },
     StatVfs { id: u32, stat: StatVfs },
     Limits { id: u32, max_packet: u64, max_read: u64, max_write: u64, max_handles: u64 },
+    /// Names in request order, empty where an id has none.
+    UsersGroups { id: u32, users: Vec<Vec<u8>>, groups: Vec<Vec<u8>> },
 }
 
 impl Response {
@@ -440,6 +455,14 @@ pub fn encode(response: &Response, out: &mut BytesMut) -> Option<Bytes> {
             out.put_u32(*id);
             for v in [max_packet, max_read, max_write, max_handles] {
                 out.put_u64(*v);
+            }
+        }
+        Response::UsersGroups { id, users, groups } => {
+            out.put_u8(fxp::EXTENDED_REPLY);
+            out.put_u32(*id);
+            for names in [users, groups] {
+                let packed: Vec<u8> = names.iter().flat_map(|n| [&(n.len() as u32).to_be_bytes()[..], n].concat()).collect();
+                put_string(out, &packed);
             }
         }
     }
@@ -558,6 +581,23 @@ mod tests {
         let payload = encode(&Response::Data { id: 9, data: Bytes::from_static(b"abc") }, &mut out);
         assert_eq!(&out[..4], &(1 + 4 + 4 + 3u32).to_be_bytes());
         assert_eq!(payload.as_deref(), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn users_groups_by_id_request_and_reply() {
+        let uids = [0u32.to_be_bytes(), 1000u32.to_be_bytes()].concat();
+        let p = packet(fxp::EXTENDED, 5, &[&s(b"users-groups-by-id@openssh.com"), &s(&uids), &s(&7u32.to_be_bytes())]);
+        let expected = Request::UsersGroupsById { uids: vec![0, 1000], gids: vec![7] };
+        assert_eq!(decode(&p), Ok(Packet::Request { id: 5, request: expected }));
+        let odd = packet(fxp::EXTENDED, 5, &[&s(b"users-groups-by-id@openssh.com"), &s(b"abc"), &s(b"")]);
+        assert_eq!(decode(&odd), Err(DecodeError::IdList(3)));
+
+        let mut out = BytesMut::new();
+        let reply = Response::UsersGroups { id: 5, users: vec![b"root".to_vec(), Vec::new()], groups: vec![b"g".to_vec()] };
+        assert_eq!(encode(&reply, &mut out), None);
+        let users = [s(b"root"), s(b"")].concat();
+        let body = [&[fxp::EXTENDED_REPLY][..], &5u32.to_be_bytes(), &s(&users), &s(&s(b"g"))].concat();
+        assert_eq!(&out[..], &[&(body.len() as u32).to_be_bytes()[..], &body].concat()[..]);
     }
 
     #[test]

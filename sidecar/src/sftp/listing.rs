@@ -2,6 +2,7 @@
 
 use rustix::fs::Stat;
 
+use super::accounts::Accounts;
 use super::codec::Attrs;
 
 pub fn attrs(st: &Stat) -> Attrs {
@@ -69,19 +70,22 @@ fn date_string(mtime: i64, now: i64) -> String {
     }
 }
 
-pub fn longname(name: &[u8], st: &Stat, now: i64) -> Vec<u8> {
-    let mut out = format!(
-        "{} {:>3} {:<8} {:<8} {:>8} {} ",
-        mode_string(st.st_mode),
-        st.st_nlink,
-        st.st_uid,
-        st.st_gid,
-        st.st_size,
-        date_string(st.st_mtime, now)
-    )
-    .into_bytes();
+/// An `ls -l` line; owner and group by name where the served filesystem names them.
+pub fn longname(name: &[u8], st: &Stat, now: i64, accounts: &Accounts) -> Vec<u8> {
+    let mut out = format!("{} {:>3} ", mode_string(st.st_mode), st.st_nlink).into_bytes();
+    let uid = st.st_uid.to_string();
+    let gid = st.st_gid.to_string();
+    push_padded(&mut out, accounts.user(st.st_uid).unwrap_or(uid.as_bytes()), 8);
+    push_padded(&mut out, accounts.group(st.st_gid).unwrap_or(gid.as_bytes()), 8);
+    out.extend_from_slice(format!("{:>8} {} ", st.st_size, date_string(st.st_mtime, now)).as_bytes());
     out.extend_from_slice(name);
     out
+}
+
+/// A field left-aligned to `width` and a separating space, like `%-8s ` (names are bytes).
+fn push_padded(out: &mut Vec<u8>, field: &[u8], width: usize) {
+    out.extend_from_slice(field);
+    out.resize(out.len() + width.saturating_sub(field.len()) + 1, b' ');
 }
 
 #[cfg(test)]
@@ -95,6 +99,21 @@ mod tests {
         assert_eq!(mode_string(0o104755), "-rwsr-xr-x");
         assert_eq!(mode_string(0o41777), "drwxrwxrwt");
         assert_eq!(mode_string(0o120777), "lrwxrwxrwx");
+    }
+
+    #[test]
+    fn longname_shows_names_or_numbers() {
+        // SAFETY: Stat is plain old data; all-zero is a valid value.
+        let mut st: Stat = unsafe { std::mem::zeroed() };
+        st.st_mode = 0o100644;
+        st.st_nlink = 1;
+        st.st_uid = 1000;
+        st.st_gid = 4242;
+        st.st_size = 123;
+        st.st_mtime = 1_614_834_360;
+        let accounts = Accounts::parse(b"app:x:1000:1000::/:\n", b"");
+        let line = longname(b"f.txt", &st, 1_614_834_370, &accounts);
+        assert_eq!(String::from_utf8(line).unwrap(), "-rw-r--r--   1 app      4242          123 Mar  4 05:06 f.txt");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! SFTP version 3 as OpenSSH speaks it: `codec` turns bytes into typed packets and back,
-//! `server` executes requests against a [`crate::confined::Root`], and `listing` renders
-//! `ls -l`-style long names.
+//! `server` executes requests against a [`crate::confined::Root`], `listing` renders
+//! `ls -l`-style long names and `accounts` maps ids to the served filesystem's names.
 
+pub mod accounts;
 pub mod codec;
 pub mod listing;
 pub mod server;

@@ -25,6 +25,7 @@ use std::thread::{self, Scope};
 use bytes::{Bytes, BytesMut};
 use rustix::fs::{AtFlags, Dir, OFlags};
 
+use super::accounts::Accounts;
 use super::codec::{self, Attrs, NameEntry, Packet, Request, Response, StatVfs, StatusCode, pflags};
 use super::listing;
 use crate::confined::Root;
@@ -47,6 +48,8 @@ pub struct Options {
     /// Who is connected (`user` and `client` address), repeated on every audit line.
     pub user: String,
     pub client: String,
+    /// Names for uids and gids, from the served filesystem.
+    pub accounts: Accounts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -412,6 +415,7 @@ fn extensions() -> Vec<(&'static str, &'static str)> {
         ("expand-path@openssh.com", "1"),
         ("copy-data", "1"),
         ("home-directory", "1"),
+        ("users-groups-by-id@openssh.com", "1"),
     ]
 }
 
@@ -429,6 +433,9 @@ fn immediate_response(options: &Options, id: u32, request: &Request) -> Option<R
             max_handles: MAX_HANDLES as u64,
         },
         Request::HomeDirectory => Response::Name { id, entries: vec![name_only(b"/".to_vec())] },
+        Request::UsersGroupsById { uids, gids } => {
+            Response::UsersGroups { id, users: options.accounts.user_names(uids), groups: options.accounts.group_names(gids) }
+        }
         Request::Unknown { kind } => status(id, StatusCode::OpUnsupported, format!("unsupported request type {kind}")),
         Request::UnknownExtended { name } => {
             status(id, StatusCode::OpUnsupported, format!("unsupported extension {}", String::from_utf8_lossy(name)))
@@ -707,7 +714,7 @@ fn run_handle_request(who: &Options, object: &mut Object, id: u32, request: Requ
             statvfs_reply(id, rustix::fs::fstatvfs(&**file).map_err(io::Error::from))
         }
         (Object::Dir { fd, .. }, Request::Fstatvfs { .. }) => statvfs_reply(id, rustix::fs::fstatvfs(&*fd).map_err(io::Error::from)),
-        (Object::Dir { fd, dir, is_root }, Request::Readdir { .. }) => readdir(id, fd, dir, *is_root),
+        (Object::Dir { fd, dir, is_root }, Request::Readdir { .. }) => readdir(id, fd, dir, *is_root, &who.accounts),
         (_, other) => status(id, StatusCode::Failure, format!("request not valid for this handle: {}", request_name(&other))),
     }
 }
@@ -740,7 +747,7 @@ fn fsetstat(fd: impl std::os::fd::AsFd, attrs: &Attrs) -> io::Result<()> {
     Ok(())
 }
 
-fn readdir(id: u32, fd: &OwnedFd, dir: &mut Dir, is_root: bool) -> Response {
+fn readdir(id: u32, fd: &OwnedFd, dir: &mut Dir, is_root: bool, accounts: &Accounts) -> Response {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let mut entries = Vec::new();
     while entries.len() < READDIR_BATCH {
@@ -753,7 +760,7 @@ fn readdir(id: u32, fd: &OwnedFd, dir: &mut Dir, is_root: bool) -> Response {
         // The root's `..` would describe the directory above the root: show the root instead.
         let stat_name: &[u8] = if is_root && name == b".." { b"." } else { &name };
         let Ok(st) = rustix::fs::statat(fd, stat_name, AtFlags::SYMLINK_NOFOLLOW) else { continue };
-        entries.push(NameEntry { longname: listing::longname(&name, &st, now), attrs: listing::attrs(&st), filename: name });
+        entries.push(NameEntry { longname: listing::longname(&name, &st, now, accounts), attrs: listing::attrs(&st), filename: name });
     }
     if entries.is_empty() { status(id, StatusCode::Eof, "End of file") } else { Response::Name { id, entries } }
 }
