@@ -180,6 +180,9 @@ impl Access {
             cmd.arg("--read-only");
         }
         cmd.arg("--user").arg(user).arg("--client").arg(client);
+        if let Some(pid) = resolved.pid {
+            cmd.arg("--target-pid").arg(pid.to_string());
+        }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         cmd.spawn()
     }

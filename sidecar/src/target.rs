@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 /// The marker the webhook puts into the served container's environment.
 pub const CONTAINER_ENV: &str = "PODSFTP_CONTAINER";
@@ -92,6 +95,26 @@ pub fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether the served process still runs, through a pidfd. A session must not go on serving
+/// the root of a container that has restarted: its writable layer went away with it, so
+/// uploads there would be lost without a word.
+#[derive(Debug)]
+pub struct Liveness(OwnedFd);
+
+impl Liveness {
+    pub fn watch(pid: u32) -> io::Result<Liveness> {
+        let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).ok_or_else(|| io::Error::other(format!("invalid pid {pid}")))?;
+        Ok(Liveness(pidfd_open(pid, PidfdFlags::empty())?))
+    }
+
+    /// A pidfd polls readable once its process has exited.
+    pub fn exited(&self) -> bool {
+        let mut fd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd that lives across the call; zero timeout.
+        unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+    }
+}
+
 fn parent_of(pid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
@@ -164,6 +187,16 @@ mod tests {
         assert!(!root_none.can_reach(&root_default));
         assert!(!root_default.can_reach(&app));
         assert!(app.can_reach(&app));
+    }
+
+    #[test]
+    fn liveness_notices_a_process_exit() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let liveness = Liveness::watch(child.id()).unwrap();
+        assert!(!liveness.exited());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(liveness.exited());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::confined::Root;
 use crate::privilege;
 use crate::sftp::accounts::Accounts;
 use crate::sftp::server::{self, Options};
-use crate::target::{self, EnvCheck, Identity};
+use crate::target::{self, EnvCheck, Identity, Liveness};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -59,6 +59,9 @@ enum Mode {
         user: String,
         #[arg(long)]
         client: String,
+        /// The served process: the session ends when it exits (the container restarted).
+        #[arg(long)]
+        target_pid: Option<u32>,
     },
     /// Exit 0 if the served root can be opened, else print why.
     Probe {
@@ -124,10 +127,14 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     let result = match args.mode {
         Mode::Probe { who, root } => take_identity(&who).and_then(|()| open_root(&root)).map(drop),
         Mode::Find { who, container, pids } => take_identity(&who).and_then(|()| find(&container, &pids)),
-        Mode::Sftp { who, root, read_only, user, client } => take_identity(&who).and_then(|()| {
+        Mode::Sftp { who, root, read_only, user, client, target_pid } => take_identity(&who).and_then(|()| {
+            // Watched before the root is opened, so a process that exits in between is noticed.
+            let target = target_pid
+                .map(|pid| Liveness::watch(pid).map_err(|e| format!("cannot watch process {pid}: {e}")))
+                .transpose()?;
             let top = open_top(&root)?;
             let accounts = read_accounts(&top);
-            sftp(narrow(top, &root)?, Options { read_only, user, client, accounts })
+            sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target })
         }),
     };
     match result {

@@ -1,7 +1,8 @@
 //! Serving another process's root: `--pid` against a process in its own mount and PID
 //! namespace with a busybox root, running as another uid; `--container` finding a restarted
-//! process again; and the identity rules (a root front end switches to the target's uid, a
-//! non-root front end with another uid is told exactly why it cannot reach the target).
+//! process again (and a session open across the restart refusing to go on); and the identity
+//! rules (a root front end switches to the target's uid, a non-root front end with another uid
+//! is told exactly why it cannot reach the target).
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::raw_sftp::*;
 use common::*;
 
 const APP_UID: u32 = 4242;
@@ -110,8 +112,19 @@ fn container_target_is_found_again_after_a_restart() {
     let out = server.sftp_batch("ls /data\n");
     assert_ok(&out, "first container");
     assert!(String::from_utf8_lossy(&out.stdout).contains("first-root"));
+    let mut open_session = RawSftp::connect(&server);
+    open_session.request(FXP_STAT, 1, &[&string(b"/data")]);
+    assert_eq!(open_session.reply().0, FXP_ATTRS);
 
     drop(app);
+    // A session opened before the restart must not go on serving the dead container's root:
+    // the next request is refused with the reason, then the session ends.
+    open_session.request(FXP_STAT, 2, &[&string(b"/data")]);
+    let (kind, id, payload) = open_session.reply();
+    assert_eq!((kind, id), (FXP_STATUS, 2));
+    let message = String::from_utf8_lossy(&payload[8..]);
+    assert!(message.contains("has exited (restarted?)"), "{message}");
+    assert!(open_session.try_receive().is_none(), "the session ends after the refusal");
     let body = server.wait_ready(503);
     assert!(body.contains("web"), "readyz says why: {body}");
     let _app = App::start(second.path(), "web");

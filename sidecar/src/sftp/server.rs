@@ -29,6 +29,7 @@ use super::accounts::Accounts;
 use super::codec::{self, Attrs, NameEntry, Packet, Request, Response, StatVfs, StatusCode, pflags};
 use super::listing;
 use crate::confined::Root;
+use crate::target::Liveness;
 
 /// Bytes of requests plus expected responses in flight per session.
 const IN_FLIGHT_BYTES: usize = 2 * 1024 * 1024;
@@ -42,7 +43,7 @@ const THREAD_STACK: usize = 256 * 1024;
 /// Requests are small; buffering saves a read per request (large WRITEs bypass the buffer).
 const INPUT_BUFFER: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Options {
     pub read_only: bool,
     /// Who is connected (`user` and `client` address), repeated on every audit line.
@@ -50,6 +51,8 @@ pub struct Options {
     pub client: String,
     /// Names for uids and gids, from the served filesystem.
     pub accounts: Accounts,
+    /// The served process, when serving one: once it has exited, requests are refused.
+    pub target: Option<Liveness>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,11 @@ pub enum SessionError {
     NoInit,
     #[error("i/o on the SFTP stream: {0}")]
     Io(#[from] io::Error),
+    #[error("{TARGET_EXITED}")]
+    TargetExited,
 }
+
+const TARGET_EXITED: &str = "the served container's process has exited (restarted?); reconnect to reach the new one";
 
 /// What a handle refers to; owned by whichever thread runs the handle's requests.
 enum Object {
@@ -248,6 +255,12 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
                 Packet::Init { .. } => return Err(SessionError::NoInit),
                 Packet::Request { id, request } => (id, request),
             };
+            if self.shared.options.target.as_ref().is_some_and(Liveness::exited) {
+                // Answer so the client shows why, then end the session: new sessions find the
+                // new process.
+                self.reply(&status(id, StatusCode::Failure, TARGET_EXITED), 0);
+                return Err(SessionError::TargetExited);
+            }
             if let Some(response) = immediate_response(&self.shared.options, id, &request) {
                 self.reply(&response, 0);
                 continue;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod raw_sftp;
+
 pub const USER: &str = "tester";
 pub const PASSWORD: &str = "correct-horse-battery-staple-42";
 
