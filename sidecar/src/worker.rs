@@ -129,9 +129,16 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Mode::Find { who, container, pids } => take_identity(&who).and_then(|()| find(&container, &pids)),
         Mode::Sftp { who, root, read_only, user, client, target_pid } => take_identity(&who).and_then(|()| {
             // Watched before the root is opened, so a process that exits in between is noticed.
-            let target = target_pid
-                .map(|pid| Liveness::watch(pid).map_err(|e| format!("cannot watch process {pid}: {e}")))
-                .transpose()?;
+            let target = match target_pid.map(|pid| (pid, Liveness::watch(pid))) {
+                None => None,
+                Some((_, Ok(liveness))) => Some(liveness),
+                Some((pid, Err(e))) if e.raw_os_error() == Some(libc::ESRCH) => return Err(format!("process {pid} is gone")),
+                Some((pid, Err(e))) => {
+                    // E.g. a seccomp profile without pidfd_open: serve, just without the watch.
+                    tracing::warn!(pid, error = %e, "cannot watch the served process; sessions will not notice a restart");
+                    None
+                }
+            };
             let top = open_top(&root)?;
             let accounts = read_accounts(&top);
             sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target })
