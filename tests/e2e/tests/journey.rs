@@ -6,8 +6,10 @@
 //!
 //! One test, because every step builds on the state of the previous ones (as a user's day does).
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use podsftp_e2e::helm::{eventually, exists, kubectl, kubectl_apply, kubectl_json, require_cluster, run, try_run, Release, TestNamespace};
@@ -21,31 +23,31 @@ enum Auth<'a> {
     Key(&'a std::path::Path),
 }
 
+/// The `sftp` command line for `user@host:port` without the destination: (program, arguments).
+fn sftp_command(port: u16, auth: &Auth) -> (&'static str, Vec<String>) {
+    let mut args: Vec<String> = Vec::new();
+    let program = match auth {
+        Auth::Password(password) => {
+            args.extend(["-p", password, "sftp", "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no"].map(String::from));
+            args.extend(["-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1"].map(String::from));
+            "sshpass"
+        }
+        Auth::Key(key) => {
+            args.extend(["-i", key.to_str().expect("utf-8 path"), "-o", "IdentitiesOnly=yes", "-o", "PasswordAuthentication=no"].map(String::from));
+            "sftp"
+        }
+    };
+    args.extend(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"].map(String::from));
+    args.extend(["-o".into(), "ConnectTimeout=10".into(), "-P".into(), port.to_string()]);
+    (program, args)
+}
+
 /// Runs an `sftp -b` batch (each line one command; a leading `-` ignores its failure) against
 /// `user@host:port`; Ok(output) if every command succeeded.
 fn sftp(host: &str, port: u16, user: &str, auth: &Auth, batch: &str) -> Result<String, String> {
-    let port = port.to_string();
-    let target = format!("{user}@{host}");
-    let common = [
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-        "-o", "ConnectTimeout=10", "-P", &port,
-    ];
-    match auth {
-        Auth::Password(password) => {
-            let mut args = vec!["-p", password, "sftp", "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
-                "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1"];
-            args.extend(common);
-            args.extend(["-b", "-", &target]);
-            try_run("sshpass", &args, Some(batch))
-        }
-        Auth::Key(key) => {
-            let key = key.to_str().expect("utf-8 path");
-            let mut args = vec!["-i", key, "-o", "IdentitiesOnly=yes", "-o", "PasswordAuthentication=no"];
-            args.extend(common);
-            args.extend(["-b", "-", &target]);
-            try_run("sftp", &args, Some(batch))
-        }
-    }
+    let (program, mut args) = sftp_command(port, auth);
+    args.extend(["-b".into(), "-".into(), format!("{user}@{host}")]);
+    try_run(program, &args.iter().map(String::as_str).collect::<Vec<_>>(), Some(batch))
 }
 
 /// The first password session to a new Service: kube-proxy programs a Service's rules a moment
@@ -228,11 +230,38 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
     assert_eq!(keys.len(), 2);
     assert!(!keys[0].is_empty() && keys[0] == keys[1], "replicas show different host keys: {keys:?}");
 
-    // 5. Kill the app's process: the next session works. Rotate the password: new works, old not.
+    // 5. Kill the app's process: a session open across the restart is told so and ends (it must
+    // not go on writing into the dead container); the next session works. Rotate the password:
+    // new works, old not.
     let pod = &ready_pods("rootapp", 1)[0];
-    run("kill", &["-9", &app_pid(pod, "app").to_string()]);
     let (user, password) = login("rootapp");
     let (host, port) = service_address("rootapp");
+    let (program, mut args) = sftp_command(port, &Auth::Password(&password));
+    args.push(format!("{user}@{host}"));
+    let mut open_session = Command::new(program).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sftp");
+    let mut commands = open_session.stdin.take().expect("stdin");
+    let mut echoes = BufReader::new(open_session.stdout.take().expect("stdout"));
+    writeln!(commands, "pwd").expect("write to sftp");
+    // sftp echoes a command once it runs it, i.e. once the session is up.
+    let mut echo = String::new();
+    echoes.read_line(&mut echo).expect("read from sftp");
+    assert!(echo.contains("pwd"), "sftp session did not start: {echo:?}");
+    let app = app_pid(pod, "app");
+    run("kill", &["-9", &app.to_string()]);
+    eventually("the app's process gone", WAIT, || if std::path::Path::new(&format!("/proc/{app}")).exists() { Err("still there".to_string()) } else { Ok(()) });
+    writeln!(commands, "ls /var/www").expect("write to sftp");
+    drop(commands);
+    let mut stderr = String::new();
+    open_session.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read sftp stderr");
+    let mut rest = String::new();
+    echoes.read_to_string(&mut rest).expect("read sftp stdout");
+    let _ = open_session.wait();
+    // OpenSSH's sftp prints only "Failure"/"Connection closed"; the reason is in the status
+    // message (FileZilla and WinSCP show it) and in the sidecar's log.
+    assert!(stderr.contains("Connection closed"), "the open session after the restart: {stderr}");
+    assert!(!rest.contains("index.html"), "the dead container's files were listed after the restart: {rest}");
+    let sidecar_log = run("kubectl", &["logs", "-n", APPS, pod["metadata"]["name"].as_str().expect("pod name"), "-c", "podsftp"]);
+    assert!(sidecar_log.contains("has exited (restarted?)"), "sidecar log: {sidecar_log}");
     eventually("a session after the app restarted", WAIT, || {
         let restarted = pods_of("rootapp").iter().any(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() > Some(0));
         if !restarted {
