@@ -123,22 +123,26 @@ fn read_accounts(top: &Root) -> Accounts {
     Accounts::parse(&read(b"/etc/passwd"), &read(b"/etc/group"))
 }
 
+/// The served process's liveness; `Ok(None)` when the kernel refuses a pidfd (e.g. a seccomp
+/// profile without pidfd_open): the session is served, just without noticing a restart.
+fn watch_target(pid: u32) -> Result<Option<Liveness>, String> {
+    match Liveness::watch(pid) {
+        Ok(liveness) => Ok(Some(liveness)),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(format!("process {pid} is gone")),
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "cannot watch the served process; this session will not notice a restart");
+            Ok(None)
+        }
+    }
+}
+
 pub fn run(args: WorkerArgs) -> ExitCode {
     let result = match args.mode {
         Mode::Probe { who, root } => take_identity(&who).and_then(|()| open_root(&root)).map(drop),
         Mode::Find { who, container, pids } => take_identity(&who).and_then(|()| find(&container, &pids)),
         Mode::Sftp { who, root, read_only, user, client, target_pid } => take_identity(&who).and_then(|()| {
             // Watched before the root is opened, so a process that exits in between is noticed.
-            let target = match target_pid.map(|pid| (pid, Liveness::watch(pid))) {
-                None => None,
-                Some((_, Ok(liveness))) => Some(liveness),
-                Some((pid, Err(e))) if e.raw_os_error() == Some(libc::ESRCH) => return Err(format!("process {pid} is gone")),
-                Some((pid, Err(e))) => {
-                    // E.g. a seccomp profile without pidfd_open: serve, just without the watch.
-                    tracing::warn!(pid, error = %e, "cannot watch the served process; sessions will not notice a restart");
-                    None
-                }
-            };
+            let target = target_pid.map(watch_target).transpose()?.flatten();
             let top = open_top(&root)?;
             let accounts = read_accounts(&top);
             sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target })
