@@ -43,7 +43,7 @@ const THREAD_STACK: usize = 256 * 1024;
 /// Requests are small; buffering saves a read per request (large WRITEs bypass the buffer).
 const INPUT_BUFFER: usize = 64 * 1024;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Options {
     pub read_only: bool,
     /// Who is connected (`user` and `client` address), repeated on every audit line.
