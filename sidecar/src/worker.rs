@@ -137,24 +137,36 @@ fn watch_target(pid: u32) -> Result<Option<Liveness>, String> {
 }
 
 pub fn run(args: WorkerArgs) -> ExitCode {
-    let result = match args.mode {
-        Mode::Probe { who, root } => take_identity(&who).and_then(|()| open_root(&root)).map(drop),
-        Mode::Find { who, container, pids } => take_identity(&who).and_then(|()| find(&container, &pids)),
-        Mode::Sftp { who, root, read_only, user, client, target_pid } => take_identity(&who).and_then(|()| {
-            // Watched before the root is opened, so a process that exits in between is noticed.
-            let target = target_pid.map(watch_target).transpose()?.flatten();
-            let top = open_top(&root)?;
-            let accounts = read_accounts(&top);
-            sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target })
-        }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            eprintln!("{reason}");
-            ExitCode::FAILURE
+    match args.mode {
+        Mode::Probe { who, root } => answer(take_identity(&who).and_then(|()| open_root(&root)).map(drop)),
+        Mode::Find { who, container, pids } => answer(take_identity(&who).and_then(|()| find(&container, &pids))),
+        Mode::Sftp { who, root, read_only, user, client, target_pid } => {
+            let session = take_identity(&who).and_then(|()| {
+                // Watched before the root is opened, so a process that exits in between is noticed.
+                let target = target_pid.map(watch_target).transpose()?.flatten();
+                let top = open_top(&root)?;
+                let accounts = read_accounts(&top);
+                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target })
+            });
+            // A session's stderr is the sidecar's log: one structured line says why it ended.
+            if let Err(reason) = &session {
+                tracing::warn!(%reason, "closing SFTP session");
+            }
+            exit_code(&session)
         }
     }
+}
+
+/// Probes and searches answer the front end on stderr: it reads the reason from there.
+fn answer(result: Result<(), String>) -> ExitCode {
+    if let Err(reason) = &result {
+        eprintln!("{reason}");
+    }
+    exit_code(&result)
+}
+
+fn exit_code(result: &Result<(), String>) -> ExitCode {
+    if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn find(container: &str, pids: &[u32]) -> Result<(), String> {
@@ -183,8 +195,5 @@ fn sftp(root: Root, options: Options) -> Result<(), String> {
         // unprivileged limit by default).
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
     }
-    server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(|e| {
-        tracing::warn!(error = %e, "closing SFTP session");
-        e.to_string()
-    })
+    server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(|e| e.to_string())
 }

@@ -60,16 +60,7 @@ fn shell_exec_and_other_subsystems_are_refused() {
 
 /// Sends raw bytes into the sftp subsystem and returns how the session ended.
 fn raw_sftp(server: &Server, bytes: &[u8]) -> std::process::Output {
-    let mut child = server
-        .with_key("ssh")
-        .args(["-p", &server.port.to_string(), "-s"])
-        .arg(server.destination())
-        .arg("sftp")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = raw_sftp::subsystem(server).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let _ = stdin.write_all(bytes);
     drop(stdin);

@@ -142,11 +142,18 @@ struct Output<W> {
     failed: bool,
 }
 
-/// Bytes in flight: (used, whether the reader is waiting for some to be freed).
+/// Bytes of requests and their expected responses in flight.
 #[derive(Default)]
 struct Budget {
-    used: Mutex<(usize, bool)>,
+    state: Mutex<BudgetState>,
     freed: Condvar,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    used: usize,
+    /// The reader waits for bytes to be freed (so only then is there someone to wake).
+    reader_waiting: bool,
 }
 
 struct Session<R, W> {
@@ -361,23 +368,23 @@ impl<R: Read + Send, W: Write + Send> Session<R, W> {
 
 impl Budget {
     fn acquire(&self, cost: usize) {
-        let mut used = lock(&self.used);
+        let mut state = lock(&self.state);
         // An empty budget always admits one request, however large.
-        while used.0 > 0 && used.0 + cost > IN_FLIGHT_BYTES {
-            used.1 = true;
-            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        while state.used > 0 && state.used + cost > IN_FLIGHT_BYTES {
+            state.reader_waiting = true;
+            state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        used.1 = false;
-        used.0 += cost;
+        state.reader_waiting = false;
+        state.used += cost;
     }
 
     fn release(&self, cost: usize) {
         if cost == 0 {
             return;
         }
-        let mut used = lock(&self.used);
-        used.0 -= cost;
-        if used.1 {
+        let mut state = lock(&self.state);
+        state.used -= cost;
+        if state.reader_waiting {
             self.freed.notify_one();
         }
     }
@@ -386,7 +393,6 @@ impl Budget {
 fn write_all_vectored(writer: &mut impl Write, header: &[u8], payload: &[u8]) -> io::Result<()> {
     let mut slices = [IoSlice::new(header), IoSlice::new(payload)];
     let mut slices = &mut slices[..];
-    IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         match writer.write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -2,7 +2,7 @@
 //! exactly which requests are in flight.
 
 use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use super::Server;
 
@@ -19,6 +19,14 @@ pub fn string(bytes: &[u8]) -> Vec<u8> {
     [&(bytes.len() as u32).to_be_bytes()[..], bytes].concat()
 }
 
+/// `ssh -s ... sftp` to the server with key login, stdin and stdout piped: raw SFTP bytes in
+/// and out.
+pub fn subsystem(server: &Server) -> Command {
+    let mut ssh = server.with_key("ssh");
+    ssh.args(["-p", &server.port.to_string(), "-s", &server.destination(), "sftp"]).stdin(Stdio::piped()).stdout(Stdio::piped());
+    ssh
+}
+
 /// A logged-in session (key login) past INIT/VERSION.
 pub struct RawSftp {
     ssh: Child,
@@ -28,13 +36,7 @@ pub struct RawSftp {
 
 impl RawSftp {
     pub fn connect(server: &Server) -> RawSftp {
-        let mut ssh = server
-            .with_key("ssh")
-            .args(["-p", &server.port.to_string(), "-s", &server.destination(), "sftp"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run ssh");
+        let mut ssh = subsystem(server).spawn().expect("run ssh");
         let (input, output) = (ssh.stdin.take().unwrap(), ssh.stdout.take().unwrap());
         let mut client = RawSftp { ssh, input, output };
         client.send(FXP_INIT, &[&3u32.to_be_bytes()]);
