@@ -3,7 +3,7 @@
 //! so every replica may reconcile). Services of owners without injected pods are removed by a
 //! periodic sweep; the Secret stays so the login survives re-enabling.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +180,10 @@ fn decoded(secret: &Secret) -> BTreeMap<String, String> {
     values
 }
 
+fn secret_data(entries: BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
+    entries.into_iter().map(|(key, value)| (key, ByteString(value.into_bytes()))).collect()
+}
+
 /// Creates the Secret when missing (another replica may win the race: 409 → fill gaps of the
 /// winner's), otherwise adds only missing keys. Returns whether this call created it.
 async fn ensure_secret(pod: &Pod, namespace: &str, target: &OwnerTarget, context: &Context) -> Result<bool, ReconcileError> {
@@ -203,7 +207,7 @@ async fn ensure_secret(pod: &Pod, namespace: &str, target: &OwnerTarget, context
                     ..Default::default()
                 },
                 type_: Some("Opaque".into()),
-                data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+                data: Some(secret_data(data)),
                 ..Default::default()
             };
             match api.create(&PostParams::default(), &secret).await {
@@ -215,7 +219,7 @@ async fn ensure_secret(pod: &Pod, namespace: &str, target: &OwnerTarget, context
     };
     let missing = missing_entries(&decoded(&existing), &login)?;
     if !missing.is_empty() {
-        let data: BTreeMap<String, ByteString> = missing.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect();
+        let data = secret_data(missing);
         // The resourceVersion makes this a compare-and-swap: a concurrent writer's keys are never lost.
         let patch = json!({"metadata": {"resourceVersion": existing.resource_version()}, "data": data});
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
@@ -298,6 +302,12 @@ async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
             }
         };
         let now = k8s_openapi::jiff::Timestamp::now();
+        // (namespace, owner label) of every injected pod, once per sweep.
+        let owners_with_pods: HashSet<(String, String)> = pods
+            .state()
+            .iter()
+            .filter_map(|pod| Some((pod.namespace()?, pod.labels().get(keys::OWNER_LABEL)?.clone())))
+            .collect();
         for service in list {
             let namespace = service.namespace().unwrap_or_default();
             let Some(owner_label) = service.labels().get(keys::OWNER_LABEL).cloned() else { continue };
@@ -306,9 +316,7 @@ async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
                 .creation_timestamp
                 .as_ref()
                 .is_some_and(|created| now.as_second() - created.0.as_second() >= SWEEP_MIN_AGE_SECONDS);
-            let has_pods = pods.state().iter().any(|pod| {
-                pod.namespace().as_deref() == Some(namespace.as_str()) && pod.labels().get(keys::OWNER_LABEL) == Some(&owner_label)
-            });
+            let has_pods = owners_with_pods.contains(&(namespace.clone(), owner_label));
             tracing::debug!(namespace, service = %service.name_any(), old_enough, has_pods, "sweep");
             if old_enough && !has_pods {
                 let name = service.name_any();
