@@ -90,38 +90,18 @@ fn webhook_configuration_selects_per_product_contract() {
     assert!(!config.contains("caBundle"), "auto mode must not render a caBundle (the webhook patches it):\n{config}");
 }
 
-/// Minimal CRDs so the apiserver can validate the cert-manager objects without cert-manager.
-const CERT_MANAGER_STUB_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: certificates.cert-manager.io
-  labels: {podsftp.io/test-stub: "true"}
-spec:
-  group: cert-manager.io
-  scope: Namespaced
-  names: {kind: Certificate, plural: certificates, singular: certificate, listKind: CertificateList}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: issuers.cert-manager.io
-  labels: {podsftp.io/test-stub: "true"}
-spec:
-  group: cert-manager.io
-  scope: Namespaced
-  names: {kind: Issuer, plural: issuers, singular: issuer, listKind: IssuerList}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
-"#;
+/// A minimal cert-manager CRD (schema-less), so the apiserver can validate the chart's
+/// cert-manager objects without cert-manager.
+fn cert_manager_stub_crd(kind: &str) -> String {
+    let singular = kind.to_lowercase();
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {singular}s.cert-manager.io\n\
+         \x20 labels: {{podsftp.io/test-stub: \"true\"}}\nspec:\n  group: cert-manager.io\n  scope: Namespaced\n\
+         \x20 names: {{kind: {kind}, plural: {singular}s, singular: {singular}, listKind: {kind}List}}\n  versions:\n\
+         \x20   - name: v1\n      served: true\n      storage: true\n\
+         \x20     schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
+    )
+}
 
 /// Removes the stub CRDs unless cert-manager itself is installed (then they were not created).
 struct StubCrds(bool);
@@ -151,7 +131,7 @@ fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() 
 
     let stubs = StubCrds(!exists("crd", "certificates.cert-manager.io", None));
     if stubs.0 {
-        kubectl_apply(CERT_MANAGER_STUB_CRDS);
+        kubectl_apply(&["Certificate", "Issuer"].map(cert_manager_stub_crd).join("---\n"));
         kubectl(&["wait", "--for=condition=Established", "crd", "-l", "podsftp.io/test-stub=true", "--timeout=60s"]);
     }
 
