@@ -116,7 +116,14 @@ fn container_target_is_found_again_after_a_restart() {
     open_session.request(FXP_STAT, 1, &[&string(b"/data")]);
     assert_eq!(open_session.reply().0, FXP_ATTRS);
 
+    let app_pid = app.pid;
     drop(app);
+    // SIGKILL is asynchronous: wait until the process is really gone (reaped, so exited).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{app_pid}")).exists() {
+        assert!(Instant::now() < deadline, "app process {app_pid} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A session opened before the restart must not go on serving the dead container's root:
     // the next request is refused with the reason, then the session ends.
     open_session.request(FXP_STAT, 2, &[&string(b"/data")]);
