@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, all on loopback
 # (the apiserver also on the host's address when a node runs, so pods reach it). Sourced by `up`.
 

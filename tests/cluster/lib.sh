@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by tests/cluster/{up,down,selftest,import-image}: where a cluster's state lives, its ports, and
 # how its processes are started, recognised and stopped. Sourced, never run.
 #

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The node part of tests/cluster/selftest (sourced by it; uses its `check`): a pod from an imported
 # busybox image reaches Running, a ClusterIP and a NodePort Service answer from the host, `kubectl exec`
 # works, and after `down` the host has no bridge, chain, cgroup, mount or changed ip_forward left.

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The node: Debian's containerd + runc, CNI bridge, kubelet and kube-proxy (iptables mode), all state
 # under $NODE. Sourced by `up`, `down` and `import-image`. Nothing is ever pulled: the sandbox image is
 # built from Kubernetes' pause.c, the others are OCI archives imported from $PODSFTP_CACHE/images.

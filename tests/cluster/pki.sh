@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The cluster's PKI and kubeconfigs, generated with openssl into $PKI. Sourced by tests/cluster/up.
 # One CA signs every certificate (serving and client); certificates live 10 years because the state
 # dir is thrown away by `down`. Keys are P-256 (fast to make), the service-account key is RSA.

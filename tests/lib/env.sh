@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by every script: one place for the cache locations shared by builds, the cluster and CI.
 # Expensive things (cargo target, Go caches, Kubernetes binaries, images) live outside the repo so
 # clean clones reuse them; nothing depends on them being present.
