@@ -17,11 +17,20 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timestamps};
 use rustix::io::Errno;
 
-use crate::sftp::codec::Attrs;
-
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
 /// Symlinks followed while computing a realpath before giving up (the kernel's limit).
 const MAX_SYMLINKS: usize = 40;
+
+/// Changes to a file's metadata (SETSTAT and its variants), applied in OpenSSH's order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metadata {
+    pub size: Option<u64>,
+    /// Permission bits; file type bits are ignored.
+    pub mode: Option<u32>,
+    /// (atime, mtime) in seconds since the epoch.
+    pub times: Option<(i64, i64)>,
+    pub owner: Option<(u32, u32)>,
+}
 
 /// The directory a session is confined to.
 #[derive(Debug)]
@@ -168,15 +177,11 @@ impl Root {
     }
 
     /// SETSTAT (`follow`) or lsetstat@openssh.com (`!follow`).
-    pub fn setstat(&self, path: &[u8], attrs: &Attrs, follow: bool) -> io::Result<()> {
-        if let Some(size) = attrs.size {
-            if !follow {
-                return Err(io::Error::from(io::ErrorKind::Unsupported));
-            }
-            let file = self.resolve(path, OFlags::WRONLY | OFlags::NONBLOCK)?;
-            rustix::fs::ftruncate(&file, size).map_err(io_err)?;
-        }
+    pub fn setstat(&self, path: &[u8], metadata: &Metadata, follow: bool) -> io::Result<()> {
         let target = match (follow, split(path)) {
+            (false, _) if metadata.size.is_some() => return Err(io::Error::from(io::ErrorKind::Unsupported)),
+            // Truncating needs the file open for writing; the rest needs only ownership.
+            (true, _) if metadata.size.is_some() => self.resolve(path, OFlags::WRONLY | OFlags::NONBLOCK)?,
             (false, Split::Entry { parent, name }) => rustix::fs::openat(
                 self.resolve_parent(parent)?,
                 name,
@@ -186,7 +191,7 @@ impl Root {
             .map_err(io_err)?,
             _ => self.resolve(path, OFlags::PATH)?,
         };
-        apply_metadata(target.as_fd(), attrs)
+        set_metadata(target.as_fd(), metadata)
     }
 
     pub fn statvfs(&self, path: &[u8]) -> io::Result<rustix::fs::StatVfs> {
@@ -256,29 +261,33 @@ fn join(parts: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// Applies permissions, times and owner to an `O_PATH` fd (already resolved in-root), in
-/// OpenSSH's order. Needs no access to the file's contents, only ownership like chmod(2).
-fn apply_metadata(fd: BorrowedFd<'_>, attrs: &Attrs) -> io::Result<()> {
+/// Applies `metadata` to a file already resolved in-root: SETSTAT on its `O_PATH` (or, to
+/// truncate, writable) fd and FSETSTAT on a handle's fd. Size needs the fd open for writing;
+/// mode, times and owner need only ownership, like chmod(2).
+pub fn set_metadata(fd: BorrowedFd<'_>, metadata: &Metadata) -> io::Result<()> {
     const EMPTY: &CStr = c"";
-    if let Some(perm) = attrs.permissions {
+    if let Some(size) = metadata.size {
+        rustix::fs::ftruncate(fd, size).map_err(io_err)?;
+    }
+    if let Some(mode) = metadata.mode {
         // fchmodat2 (Linux 6.6) accepts AT_EMPTY_PATH on an O_PATH fd; older kernels get the
         // same effect through the fd's /proc/self/fd entry, which is our own, already-resolved fd.
-        let rc = unsafe { libc::syscall(libc::SYS_fchmodat2, fd.as_raw_fd(), EMPTY.as_ptr(), perm & 0o7777, libc::AT_EMPTY_PATH) };
+        let rc = unsafe { libc::syscall(libc::SYS_fchmodat2, fd.as_raw_fd(), EMPTY.as_ptr(), mode & 0o7777, libc::AT_EMPTY_PATH) };
         if rc != 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::ENOSYS) {
-                rustix::fs::chmod(format!("/proc/self/fd/{}", fd.as_raw_fd()), Mode::from_raw_mode(perm & 0o7777)).map_err(io_err)?;
+                rustix::fs::chmod(format!("/proc/self/fd/{}", fd.as_raw_fd()), Mode::from_raw_mode(mode & 0o7777)).map_err(io_err)?;
             } else {
                 return Err(err);
             }
         }
     }
-    if let Some((atime, mtime)) = attrs.times {
-        let ts = |secs: u32| rustix::fs::Timespec { tv_sec: secs as i64, tv_nsec: 0 };
+    if let Some((atime, mtime)) = metadata.times {
+        let ts = |secs: i64| rustix::fs::Timespec { tv_sec: secs, tv_nsec: 0 };
         let times = Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
         rustix::fs::utimensat(fd, EMPTY, &times, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
     }
-    if let Some((uid, gid)) = attrs.uid_gid {
+    if let Some((uid, gid)) = metadata.owner {
         rustix::fs::chownat(
             fd,
             EMPTY,
@@ -350,7 +359,7 @@ mod tests {
     #[test]
     fn setstat_changes_mode_and_times() {
         let (dir, root) = setup();
-        root.setstat(b"sub/file", &Attrs { permissions: Some(0o600), times: Some((1, 2)), ..Attrs::default() }, true).unwrap();
+        root.setstat(b"sub/file", &Metadata { mode: Some(0o600), times: Some((1, 2)), ..Metadata::default() }, true).unwrap();
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(dir.path().join("sub/file")).unwrap();
         assert_eq!(m.mode() & 0o777, 0o600);

@@ -4,6 +4,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::requests::Kind;
+
 /// Largest SFTP packet (length field excluded) we accept; we advertise `MAX_PACKET` in
 /// `limits@openssh.com` and allow a little slack for request headers around a maximal WRITE.
 pub const MAX_PACKET: u32 = 256 * 1024;
@@ -118,22 +120,6 @@ pub enum Request {
     UnknownExtended { name: Vec<u8> },
     /// A packet type we do not know: answered with SSH_FX_OP_UNSUPPORTED.
     Unknown { kind: u8 },
-}
-
-impl Request {
-    /// Whether the request changes the filesystem (refused by `--read-only`, logged for audit).
-    pub fn is_modifying(&self) -> bool {
-        use Request::*;
-        match self {
-            Open { pflags, .. } => {
-                pflags & (pflags::WRITE | pflags::APPEND | pflags::CREAT | pflags::TRUNC) != 0
-            }
-            Write { .. } | Setstat { .. } | Fsetstat { .. } | Remove { .. } | Mkdir { .. }
-            | Rmdir { .. } | Rename { .. } | Symlink { .. } | PosixRename { .. }
-            | Hardlink { .. } | Lsetstat { .. } | CopyData { .. } => true,
-            _ => false,
-        }
-    }
 }
 
 /// A decoded request packet: the request id and what is asked.
@@ -272,30 +258,30 @@ pub fn decode(body: &Bytes) -> Result<Packet, DecodeError> {
 
 fn decode_extended(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
     let name = r.bytes()?;
-    Ok(match name {
-        b"posix-rename@openssh.com" => Request::PosixRename { from: r.string()?, to: r.string()? },
-        b"statvfs@openssh.com" => Request::Statvfs { path: r.string()? },
-        b"fstatvfs@openssh.com" => Request::Fstatvfs { handle: r.string()? },
-        b"hardlink@openssh.com" => Request::Hardlink { from: r.string()?, to: r.string()? },
-        b"fsync@openssh.com" => Request::Fsync { handle: r.string()? },
-        b"lsetstat@openssh.com" => Request::Lsetstat { path: r.string()?, attrs: r.attrs()? },
-        b"limits@openssh.com" => Request::Limits,
-        b"expand-path@openssh.com" => Request::ExpandPath { path: r.string()? },
-        b"copy-data" => Request::CopyData {
+    Ok(match Kind::extension(name) {
+        Some(Kind::PosixRename) => Request::PosixRename { from: r.string()?, to: r.string()? },
+        Some(Kind::Statvfs) => Request::Statvfs { path: r.string()? },
+        Some(Kind::Fstatvfs) => Request::Fstatvfs { handle: r.string()? },
+        Some(Kind::Hardlink) => Request::Hardlink { from: r.string()?, to: r.string()? },
+        Some(Kind::Fsync) => Request::Fsync { handle: r.string()? },
+        Some(Kind::Lsetstat) => Request::Lsetstat { path: r.string()?, attrs: r.attrs()? },
+        Some(Kind::Limits) => Request::Limits,
+        Some(Kind::ExpandPath) => Request::ExpandPath { path: r.string()? },
+        Some(Kind::CopyData) => Request::CopyData {
             read_handle: r.string()?,
             read_offset: r.u64()?,
             len: r.u64()?,
             write_handle: r.string()?,
             write_offset: r.u64()?,
         },
-        b"home-directory" => {
+        Some(Kind::HomeDirectory) => {
             r.bytes()?;
             Request::HomeDirectory
         }
-        b"users-groups-by-id@openssh.com" => Request::UsersGroupsById { uids: id_list(r.bytes()?)?, gids: id_list(r.bytes()?)? },
-        other => {
+        Some(Kind::UsersGroupsById) => Request::UsersGroupsById { uids: id_list(r.bytes()?)?, gids: id_list(r.bytes()?)? },
+        _ => {
             r.buf = &[];
-            Request::UnknownExtended { name: other.to_vec() }
+            Request::UnknownExtended { name: name.to_vec() }
         }
     })
 }

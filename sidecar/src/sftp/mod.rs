@@ -1,8 +1,12 @@
 //! SFTP version 3 as OpenSSH speaks it: `codec` turns bytes into typed packets and back,
-//! `server` executes requests against a [`crate::confined::Root`], `listing` renders
-//! `ls -l`-style long names and `accounts` maps ids to the served filesystem's names.
+//! `requests` is the table of what each request is (and how errors answer), `engine` runs a
+//! session (framing, lanes, budget, threads), `server` executes requests against a
+//! [`crate::confined::Root`], `listing` renders `ls -l`-style long names and `accounts` maps
+//! ids to the served filesystem's names.
 
 pub mod accounts;
 pub mod codec;
+pub mod engine;
 pub mod listing;
+pub mod requests;
 pub mod server;
