@@ -9,9 +9,10 @@ use std::time::Duration;
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use podsftp_webhook::admission::{Admitter, ClusterView};
-use podsftp_webhook::core::Owner;
+use podsftp_webhook::core::{Owner, names};
 use podsftp_webhook::core::settings::Settings;
 use podsftp_webhook::metrics::Metrics;
 use podsftp_webhook::pki::{CA_VALIDITY, CertAndKey, SERVING_VALIDITY, issue_serving, new_ca};
@@ -138,14 +139,10 @@ fn response_of(answer: &Answer) -> Value {
     review["response"].clone()
 }
 
-#[tokio::test]
-async fn good_review_is_answered_with_a_patch_that_applies() {
-    let server = start().await;
-    let answer = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await;
-    let response = response_of(&answer);
-    assert_eq!(response["uid"], "7f0b2d4e-0000-4000-8000-000000000001");
+/// Applies the JSON patch of an allowed `response` to `pod`.
+fn patched(response: &Value, mut pod: Value) -> Pod {
     assert_eq!(response["allowed"], true);
-    assert_eq!(response["patchType"], "JSONPatch");
+    assert_eq!(response["patchType"], "JSONPatch", "{response}");
     // kube serializes the patch bytes as a JSON array of numbers, which the apiserver (Go) accepts
     // like a base64 string; accept both here.
     let patch_bytes: Vec<u8> = match &response["patch"] {
@@ -153,9 +150,18 @@ async fn good_review_is_answered_with_a_patch_that_applies() {
         other => serde_json::from_value(other.clone()).expect("patch bytes"),
     };
     let patch: json_patch::Patch = serde_json::from_slice(&patch_bytes).unwrap();
-    let mut pod = web_pod();
     json_patch::patch(&mut pod, &patch).unwrap();
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+    serde_json::from_value(pod).unwrap()
+}
+
+#[tokio::test]
+async fn good_review_is_answered_with_a_patch_that_applies() {
+    let server = start().await;
+    let answer = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await;
+    let response = response_of(&answer);
+    assert_eq!(response["uid"], "7f0b2d4e-0000-4000-8000-000000000001");
+    assert_eq!(response["allowed"], true);
+    let pod = patched(&response, web_pod());
     let spec = pod.spec.unwrap();
     assert_eq!(spec.init_containers.unwrap()[0].name, "podsftp");
     assert_eq!(spec.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("web-sftp"));
@@ -226,4 +232,31 @@ async fn rotated_certificate_files_are_served_without_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(seen, expected, "new handshakes get the rotated certificate");
+}
+
+/// Issue 11, item 1: a pod name with a multi-byte character where a name is cut crashed the server
+/// (byte-index slicing; `panic = "abort"` in release). Item 5: names that are no valid label value
+/// or Secret name. Every one is injected with valid names, and the server keeps serving.
+#[tokio::test]
+async fn hostile_pod_names_get_valid_names_and_do_not_crash_the_server() {
+    let server = start().await;
+    let names = [
+        format!("{}é", "a".repeat(51)),
+        format!("{}é{}", "a".repeat(236), "a".repeat(20)),
+        "my app:v1/x".to_string(),
+        "Web-Ünïcode".to_string(),
+    ];
+    for name in names {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop"},
+                         "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+        let answer = post(server.addr, &server.ca, review("shop", pod_kind(), pod.clone())).await;
+        let injected = patched(&response_of(&answer), pod);
+        let label = &injected.metadata.labels.as_ref().unwrap()["podsftp.io/owner"];
+        assert!(names::is_label_value(label), "owner label {label:?} of {name:?}");
+        let volumes = injected.spec.unwrap().volumes.unwrap();
+        let secret = volumes[0].secret.as_ref().unwrap().secret_name.clone().unwrap();
+        assert!(names::is_dns1123_subdomain(&secret), "Secret name {secret:?} of {name:?}");
+    }
+    let answer = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await;
+    assert_eq!(response_of(&answer)["allowed"], true);
 }
