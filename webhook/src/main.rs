@@ -191,7 +191,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     let health = TcpListener::bind(args.metrics_listen).await.with_context(|| format!("binding {}", args.metrics_listen))?;
-    let health_app = health_router(readiness, metrics.clone());
+    let health_app = health_router(readiness.clone(), metrics.clone());
     tokio::spawn(async move { axum::serve(health, health_app).await });
     tokio::spawn(controller::run(controller::Context::new(cluster.clone(), metrics.clone(), service_type.into())));
 
@@ -199,11 +199,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, ?placement, "serving");
     let router = admission_router(Admitter { settings, cluster }, metrics);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        served = serve_tls(listener, certs, router) => served.context("serving HTTPS")?,
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
-    }
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping after the requests in flight"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping after the requests in flight"),
+        }
+        readiness.begin_shutdown();
+    };
+    serve_tls(listener, certs, router, shutdown).await.context("serving HTTPS")?;
+    tracing::info!("stopped");
     Ok(())
 }
 

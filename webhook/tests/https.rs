@@ -16,12 +16,14 @@ use podsftp_webhook::core::{Owner, names};
 use podsftp_webhook::core::settings::Settings;
 use podsftp_webhook::metrics::Metrics;
 use podsftp_webhook::pki::{CA_VALIDITY, CertAndKey, SERVING_VALIDITY, issue_serving, new_ca};
-use podsftp_webhook::server::{admission_router, serve_tls};
+use podsftp_webhook::server::{Readiness, admission_router, health_router, serve_tls};
 use podsftp_webhook::tls::{CertFiles, CertStore};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 /// Namespace `shop` is labelled for injection; every owner resolves to Deployment `web`.
 struct FixedCluster;
@@ -43,6 +45,9 @@ struct Server {
     addr: SocketAddr,
     ca: CertAndKey,
     dir: tempfile::TempDir,
+    /// Sending (or dropping) it starts the graceful shutdown.
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 fn sans() -> Vec<String> {
@@ -62,8 +67,26 @@ async fn start() -> Server {
     let router = admission_router(admitter, Arc::new(Metrics::default()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_tls(listener, certs, router));
-    Server { addr, ca, dir }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve_tls(listener, certs, router, async move {
+        let _ = stopped.await;
+    }));
+    Server { addr, ca, dir, stop, served }
+}
+
+/// A TLS connection that trusts only `ca`, offering the ALPN protocols `alpn`.
+async fn connect(addr: SocketAddr, ca: &CertAndKey, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.expect("TLS handshake")
 }
 
 struct Answer {
@@ -74,16 +97,7 @@ struct Answer {
 
 /// One HTTPS POST on a fresh connection that trusts only `ca`.
 async fn post(addr: SocketAddr, ca: &CertAndKey, body: Vec<u8>) -> Answer {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.expect("TLS handshake");
+    let tls = connect(addr, ca, &[]).await;
     let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
@@ -259,4 +273,103 @@ async fn hostile_pod_names_get_valid_names_and_do_not_crash_the_server() {
     }
     let answer = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await;
     assert_eq!(response_of(&answer)["allowed"], true);
+}
+
+/// Reads until the server closes `stream`; fails when it is still open after `within`. Returns
+/// what the server sent.
+async fn closed_by_server(stream: &mut TlsStream<TcpStream>, within: Duration, what: &str) -> Vec<u8> {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    assert!(read.await.is_ok(), "{what}: the connection is still open after {within:?}");
+    received
+}
+
+/// Headers of a `/mutate` POST announcing `length` body bytes.
+fn post_head(length: usize) -> Vec<u8> {
+    format!("POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n")
+        .into_bytes()
+}
+
+/// Issue 11, item 2: clients that stall after the handshake (idle, half-sent headers, half-sent
+/// body, HTTP/2 without a preface) were kept forever; each is dropped within a few seconds
+/// (bounded wait, no timing assertion), and the server keeps answering.
+#[tokio::test]
+async fn stalled_clients_are_disconnected() {
+    let server = start().await;
+    let within = Duration::from_secs(30);
+
+    let mut idle = connect(server.addr, &server.ca, &[]).await;
+    let mut half_headers = connect(server.addr, &server.ca, &[]).await;
+    half_headers.write_all(b"POST /mutate HTTP/1.1\r\nhost: 127.0").await.unwrap();
+    let mut half_body = connect(server.addr, &server.ca, &[]).await;
+    half_body.write_all(&post_head(100_000)).await.unwrap();
+    half_body.write_all(&[b' '; 50_000]).await.unwrap();
+    let mut no_preface = connect(server.addr, &server.ca, &[b"h2"]).await;
+    assert_eq!(no_preface.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    closed_by_server(&mut idle, within, "idle connection").await;
+    closed_by_server(&mut half_headers, within, "half-sent headers").await;
+    let answer = closed_by_server(&mut half_body, within, "half-sent body").await;
+    assert!(answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
+    closed_by_server(&mut no_preface, within, "HTTP/2 without a preface").await;
+
+    let answer = post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await;
+    assert_eq!(response_of(&answer)["allowed"], true);
+}
+
+/// Issue 11, item 3: on shutdown a request in flight is still answered, then the server stops
+/// (SIGTERM used to drop it: with failurePolicy Ignore the pod silently missed the sidecar).
+#[tokio::test]
+async fn shutdown_answers_the_request_in_flight_then_stops() {
+    let server = start().await;
+    let body = review("shop", pod_kind(), web_pod());
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut in_flight = connect(server.addr, &server.ca, &[]).await;
+    in_flight.write_all(&post_head(body.len())).await.unwrap();
+    in_flight.write_all(first).await.unwrap();
+    in_flight.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!server.served.is_finished(), "the server waits for the request in flight");
+    assert!(TcpStream::connect(server.addr).await.is_err(), "no new connection is accepted");
+    in_flight.write_all(rest).await.unwrap();
+    let answer = closed_by_server(&mut in_flight, Duration::from_secs(30), "connection after its answer").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("JSONPatch"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(30), server.served).await.expect("server stopped").unwrap().unwrap();
+}
+
+/// `/readyz` answers 503 from the start of the shutdown, so endpoints drop the replica.
+#[tokio::test]
+async fn readyz_is_503_once_shutting_down() {
+    let certs = Arc::new(CertStore::default());
+    let serving = issue_serving(&new_ca("readyz CA", CA_VALIDITY).unwrap(), &sans(), SERVING_VALIDITY).unwrap();
+    certs.set(podsftp_webhook::tls::certified_key(serving.cert_pem.as_bytes(), serving.key_pem.as_bytes()).unwrap());
+    let readiness = Readiness::new(certs);
+    readiness.mark_synced();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, health_router(readiness.clone(), Arc::new(Metrics::default()))).into_future());
+    let readyz = || async move {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    assert!(readyz().await.starts_with("HTTP/1.0 200"));
+    readiness.begin_shutdown();
+    let answer = readyz().await;
+    assert!(answer.starts_with("HTTP/1.0 503") && answer.contains("shutting down"), "{answer}");
 }

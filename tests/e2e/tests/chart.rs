@@ -237,6 +237,11 @@ fn install_upgrade_and_uninstall_leave_nothing_behind() {
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+    // Graceful shutdown (issue 11, item 3): a pause (no shell in the image: the native handler of
+    // Kubernetes >= 1.30), then the webhook answers what is in flight within the grace period.
+    assert_eq!(container["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+    let deployment = kubectl_json(&["get", "deployment", &fullname, "-n", &ns.name]);
+    assert_eq!(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], 30);
 
     let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component=webhook", release.name);
     let (selector, namespace) = (selector.as_str(), ns.name.as_str());
