@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use podsftp_sidecar::{access::Access, credentials, health, ssh, target::Target, worker};
+use podsftp_sidecar::{access::Access, credentials, health, privilege, ssh, target::Target, worker};
 
 #[derive(Debug, Parser)]
 #[command(name = "podsftp-sidecar", version, about = "SFTP server for the files of another container")]
@@ -82,6 +82,12 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Before anything else, so no secret is ever in a process another one could inspect; every
+    // worker (same binary) gets here too, then again after taking the target's identity.
+    if let Err(e) = privilege::forbid_inspection() {
+        eprintln!("podsftp-sidecar: {e}");
+        return ExitCode::FAILURE;
+    }
     // glibc's default of one malloc arena per thread (x8 per core) inflates RSS for no gain here.
     // SAFETY: called before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };

@@ -1,6 +1,11 @@
 //! Taking a target process's identity, OpenSSH privilege-separation style: supplementary
 //! groups, gid, uid, then exactly the target's permitted capabilities, then no_new_privs.
 //! Must run before the process has threads (worker start, before the runtime is built).
+//!
+//! Also keeps every podsftp process out of reach of `/proc/<pid>/mem`, `environ`, `maps` and
+//! ptrace: with a shared process namespace the served container's `/proc` lists the sidecar's
+//! processes, and a process of the same uid and capabilities could otherwise read the password
+//! and host key from the front end's memory, or write into it.
 
 use std::io;
 
@@ -58,7 +63,17 @@ pub fn become_identity(target: &Identity) -> io::Result<()> {
     set_capabilities(target.caps).map_err(|e| {
         io::Error::new(e.kind(), format!("{e} (the target holds capabilities {:#x} that this sidecar lacks)", target.caps))
     })?;
+    // A uid/gid change resets the flag to /proc/sys/fs/suid_dumpable (1 on debug setups).
+    forbid_inspection()?;
     forbid_new_privileges()
+}
+
+/// PR_SET_DUMPABLE 0, as OpenSSH does: only CAP_SYS_PTRACE may then open this process's
+/// `/proc/<pid>/mem`, `environ`, `maps`, `fd/` or attach to it, whatever its uid. Called first
+/// thing in `main` (before any secret is read) and again after every credential change.
+pub fn forbid_inspection() -> io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("PR_SET_DUMPABLE 0: {e}")))
 }
 
 /// PR_SET_NO_NEW_PRIVS: exec can never grant more (setuid bits, file capabilities).

@@ -7,27 +7,13 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::app::*;
 use common::raw_sftp::*;
 use common::*;
-
-const APP_UID: u32 = 4242;
-
-/// A minimal container root: static busybox, a data directory owned by the app uid.
-fn busybox_root(marker: &str) -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::create_dir_all(root.path().join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.path().join("bin/sleep")).unwrap();
-    std::fs::create_dir_all(root.path().join("data")).unwrap();
-    std::fs::write(root.path().join("data").join(marker), marker).unwrap();
-    std::os::unix::fs::chown(root.path().join("data"), Some(APP_UID), Some(APP_UID)).unwrap();
-    root
-}
 
 /// A process that looks like a container: own mount and PID namespace, chrooted into `root`,
 /// running as APP_UID with no capabilities, with PODSFTP_CONTAINER set.
@@ -50,18 +36,7 @@ impl App {
             .stderr(Stdio::null())
             .spawn()
             .expect("unshare");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pid = loop {
-            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                if status.contains(&format!("Uid:\t{APP_UID}")) {
-                    break pid;
-                }
-            }
-            assert!(Instant::now() < deadline, "app process did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let pid = wait_for_process(unshare.id(), |status| status.contains(&format!("Uid:\t{APP_UID}")));
         App { unshare, pid }
     }
 }
@@ -141,15 +116,6 @@ fn container_target_is_found_again_after_a_restart() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("second-root"), "{}", String::from_utf8_lossy(&out.stdout));
     let log = server.log();
     assert!(log.contains("found the served container's process"), "{log}");
-}
-
-/// The binary and credentials where an unprivileged uid can read them.
-fn unprivileged_copy() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin_copy = dir.path().join("podsftp-sidecar");
-    std::fs::copy(bin(), &bin_copy).unwrap();
-    (dir, bin_copy)
 }
 
 fn serve_as(uid: u32, bin_copy: &Path, creds: &Credentials, pid: u32, health_port: u16, port: u16, log: &Path) -> Child {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod app;
 pub mod raw_sftp;
 
 pub const USER: &str = "tester";
@@ -72,11 +73,25 @@ impl Server {
     }
 
     pub fn start_with(creds: Credentials, extra: &[&str]) -> Server {
+        Self::start_wrapped(creds, &[], Path::new(bin()), extra)
+    }
+
+    /// Starts `binary serve ...` through `wrapper` (e.g. `setpriv ... --`, which execs it, so
+    /// `pid()` is the server's).
+    pub fn start_wrapped(creds: Credentials, wrapper: &[&str], binary: &Path, extra: &[&str]) -> Server {
         let port = free_port();
         let health_port = free_port();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("server.log");
-        let child = Command::new(bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--health-listen", &format!("127.0.0.1:{health_port}")])
             .arg("--credentials")
             .arg(creds.dir.path())
