@@ -40,31 +40,33 @@ pub struct Root {
 
 /// A client path split into the directory that holds it and its final component.
 enum Split<'a> {
-    /// `parent` resolved in-root, then `name` is acted on with an `*at` call.
+    /// `parent` resolved in-root, then `name` is acted on with an `*at` call. `name` is the
+    /// final component as written: it may be `.` or `..`, and keeps trailing slashes (the
+    /// kernel's rule: the name must then be a directory, and a final symlink is followed).
     Entry { parent: &'a [u8], name: &'a [u8] },
-    /// The path names the root itself or ends in `.`/`..`: there is no name to act on.
-    Directory,
+    /// The path names the root itself.
+    Root,
 }
 
 fn split(path: &[u8]) -> Split<'_> {
-    let mut end = path.len();
-    while end > 0 && path[end - 1] == b'/' {
-        end -= 1;
-    }
+    let end = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
     let trimmed = &path[..end];
     if trimmed.is_empty() {
-        return Split::Directory;
+        return Split::Root;
     }
-    let (parent, name): (&[u8], &[u8]) = match trimmed.iter().rposition(|&b| b == b'/') {
-        Some(0) => (b"/", &trimmed[1..]),
-        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
-        None => (b".", trimmed),
-    };
-    if name == b"." || name == b".." {
-        Split::Directory
-    } else {
-        Split::Entry { parent, name }
+    match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(0) => Split::Entry { parent: b"/", name: &path[1..] },
+        Some(i) => Split::Entry { parent: &trimmed[..i], name: &path[i + 1..] },
+        None => Split::Entry { parent: b".", name: path },
     }
+}
+
+/// Whether the kernel, looking `name` up in its parent, would follow it (a trailing slash
+/// follows a final symlink) or leave the parent (`..`). Lookups of such names resolve the
+/// whole path in-root instead. Calls that create or remove a name never follow it and refuse
+/// `.` and `..` before acting, so those get the name as written.
+fn follows(name: &[u8]) -> bool {
+    name.ends_with(b"/") || name == b"." || name == b".."
 }
 
 fn or_dot(path: &[u8]) -> &[u8] {
@@ -118,16 +120,17 @@ impl Root {
     /// `lstat`: a symlink in the final position is described, not followed.
     pub fn lstat(&self, path: &[u8]) -> io::Result<Stat> {
         match split(path) {
-            Split::Directory => self.stat(path),
-            Split::Entry { parent, name } => {
+            Split::Entry { parent, name } if !follows(name) => {
                 rustix::fs::statat(self.resolve_parent(parent)?, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)
             }
+            _ => self.stat(path),
         }
     }
 
+    /// The parent and final name of a path that is about to be created, removed or renamed.
     fn entry<'a>(&self, path: &'a [u8]) -> io::Result<(OwnedFd, &'a [u8])> {
         match split(path) {
-            Split::Directory => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            Split::Root => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
             Split::Entry { parent, name } => Ok((self.resolve_parent(parent)?, name)),
         }
     }
@@ -163,15 +166,20 @@ impl Root {
 
     pub fn readlink(&self, path: &[u8]) -> io::Result<Vec<u8>> {
         match split(path) {
-            Split::Directory => Err(io::Error::from(io::ErrorKind::InvalidInput)),
-            Split::Entry { parent, name } => Ok(rustix::fs::readlinkat(self.resolve_parent(parent)?, name, Vec::new())
-                .map_err(io_err)?
-                .into_bytes()),
+            Split::Entry { parent, name } if !follows(name) => {
+                Ok(rustix::fs::readlinkat(self.resolve_parent(parent)?, name, Vec::new()).map_err(io_err)?.into_bytes())
+            }
+            // What the kernel would look at is a directory (or nothing), never a link.
+            _ => self.stat(path).and(Err(io::Error::from_raw_os_error(libc::EINVAL))),
         }
     }
 
     pub fn hardlink(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
-        let (from_dir, from_name) = self.entry(from).map_err(busy_for_directory)?;
+        let (from_dir, from_name) = match split(from) {
+            Split::Entry { parent, name } if !follows(name) => (self.resolve_parent(parent)?, name),
+            // A directory, which cannot be linked (or nothing).
+            _ => return self.stat(from).and(Err(io::Error::from_raw_os_error(libc::EPERM))),
+        };
         let (to_dir, to_name) = self.entry(to)?;
         rustix::fs::linkat(from_dir, from_name, to_dir, to_name, AtFlags::empty()).map_err(io_err)
     }
@@ -179,10 +187,11 @@ impl Root {
     /// SETSTAT (`follow`) or lsetstat@openssh.com (`!follow`).
     pub fn setstat(&self, path: &[u8], metadata: &Metadata, follow: bool) -> io::Result<()> {
         let target = match (follow, split(path)) {
-            (false, _) if metadata.size.is_some() => return Err(io::Error::from(io::ErrorKind::Unsupported)),
+            // A symlink has no size to set (OpenSSH answers BAD_MESSAGE, our EINVAL's).
+            (false, _) if metadata.size.is_some() => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
             // Truncating needs the file open for writing; the rest needs only ownership.
             (true, _) if metadata.size.is_some() => self.resolve(path, OFlags::WRONLY | OFlags::NONBLOCK)?,
-            (false, Split::Entry { parent, name }) => rustix::fs::openat(
+            (false, Split::Entry { parent, name }) if !follows(name) => rustix::fs::openat(
                 self.resolve_parent(parent)?,
                 name,
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -205,7 +214,8 @@ impl Root {
 
     /// The canonical absolute path of `path` inside the root, computed the way RESOLVE_IN_ROOT
     /// resolves it: `..` stops at the root and absolute symlink targets restart at the root.
-    /// Components that do not exist are kept as written (clients realpath names they will create).
+    /// A last component that does not exist is kept as written; a missing one before it is an
+    /// error, like OpenSSH's.
     pub fn realpath(&self, path: &[u8]) -> io::Result<Vec<u8>> {
         let mut resolved: Vec<Vec<u8>> = Vec::new();
         let mut pending: Vec<Vec<u8>> = components(path).rev().map(<[u8]>::to_vec).collect();
@@ -233,8 +243,11 @@ impl Root {
                     }
                     pending.extend(components(&target).rev().map(<[u8]>::to_vec));
                 }
-                // Not a symlink (EINVAL) or not there: the name stands as written.
-                Err(_) => resolved.push(part),
+                // Not a symlink: the name stands as written. So does a last name that does
+                // not exist yet (clients realpath names they will create), as in OpenSSH.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => resolved.push(part),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && pending.is_empty() => resolved.push(part),
+                Err(e) => return Err(e),
             }
         }
         Ok(join(&resolved))
@@ -345,6 +358,21 @@ mod tests {
         assert_eq!(s, "inside");
         assert!(root.mkdir(b"..", 0o755).is_err());
         assert!(root.rmdir(b"/").is_err());
+    }
+
+    #[test]
+    fn a_trailing_slash_follows_the_final_symlink_inside_the_root() {
+        let (dir, root) = setup();
+        use std::os::unix::fs::MetadataExt;
+        let inside = std::fs::metadata(dir.path()).unwrap();
+        // `abs` -> `/`: with a trailing slash the link is followed, to the served root.
+        assert_eq!(root.lstat(b"abs/").unwrap().st_ino, inside.ino());
+        assert_eq!(root.readlink(b"abs/").unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(root.hardlink(b"abs/", b"x").unwrap_err().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(root.remove(b"abs/").unwrap_err().raw_os_error(), Some(libc::ENOTDIR));
+        assert_eq!(root.lstat(b"passwd/").unwrap_err().raw_os_error(), Some(libc::ENOENT), "/etc/passwd seen outside");
+        assert_eq!(root.remove(b"sub/file/").unwrap_err().raw_os_error(), Some(libc::ENOTDIR));
+        assert!(dir.path().join("abs").is_symlink() && dir.path().join("sub/file").exists());
     }
 
     #[test]

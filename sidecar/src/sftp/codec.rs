@@ -135,8 +135,6 @@ pub enum DecodeError {
     Truncated,
     #[error("empty packet")]
     Empty,
-    #[error("trailing garbage after {0} packet")]
-    Trailing(u8),
     #[error("id list of {0} bytes is not a list of uint32")]
     IdList(usize),
 }
@@ -229,30 +227,16 @@ pub fn decode(body: &Bytes) -> Result<Packet, DecodeError> {
         fxp::REMOVE => Request::Remove { path: r.string()? },
         fxp::MKDIR => Request::Mkdir { path: r.string()?, attrs: r.attrs()? },
         fxp::RMDIR => Request::Rmdir { path: r.string()? },
-        fxp::REALPATH => {
-            let path = r.string()?;
-            // OpenSSH clients may append a control byte and compose paths (v6); ignore them.
-            r.buf = &[];
-            Request::Realpath { path }
-        }
+        fxp::REALPATH => Request::Realpath { path: r.string()? },
         fxp::STAT => Request::Stat { path: r.string()? },
-        fxp::RENAME => {
-            let request = Request::Rename { from: r.string()?, to: r.string()? };
-            // v5+ flags are not part of v3 but tolerated.
-            r.buf = &[];
-            request
-        }
+        fxp::RENAME => Request::Rename { from: r.string()?, to: r.string()? },
         fxp::READLINK => Request::Readlink { path: r.string()? },
         fxp::SYMLINK => Request::Symlink { target: r.string()?, link: r.string()? },
         fxp::EXTENDED => decode_extended(&mut r)?,
-        other => {
-            r.buf = &[];
-            Request::Unknown { kind: other }
-        }
+        other => Request::Unknown { kind: other },
     };
-    if !r.buf.is_empty() {
-        return Err(DecodeError::Trailing(kind));
-    }
+    // Like OpenSSH, bytes after the fields are ignored: clients pad packets (older pkg/sftp
+    // pads WRITEs), append REALPATH's v6 control byte or RENAME's v5 flags.
     Ok(Packet::Request { id, request })
 }
 
@@ -279,10 +263,7 @@ fn decode_extended(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
             Request::HomeDirectory
         }
         Some(Kind::UsersGroupsById) => Request::UsersGroupsById { uids: id_list(r.bytes()?)?, gids: id_list(r.bytes()?)? },
-        _ => {
-            r.buf = &[];
-            Request::UnknownExtended { name: name.to_vec() }
-        }
+        _ => Request::UnknownExtended { name: name.to_vec() },
     })
 }
 
@@ -532,9 +513,9 @@ mod tests {
     }
 
     #[test]
-    fn trailing_bytes_are_rejected_and_unknown_types_tolerated() {
+    fn trailing_bytes_are_ignored_and_unknown_types_tolerated() {
         let body = packet(fxp::STAT, 1, &[&s(b"a"), b"zz"]);
-        assert_eq!(decode(&body), Err(DecodeError::Trailing(fxp::STAT)));
+        assert_eq!(decode(&body), Ok(Packet::Request { id: 1, request: Request::Stat { path: b"a".to_vec() } }));
         let body = packet(99, 4, &[b"whatever"]);
         assert_eq!(decode(&body), Ok(Packet::Request { id: 4, request: Request::Unknown { kind: 99 } }));
     }

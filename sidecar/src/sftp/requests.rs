@@ -237,21 +237,21 @@ const ERRNO_STATUS: &[(i32, StatusCode)] = &[
     (libc::ELOOP, StatusCode::NoSuchFile),
     (libc::EPERM, StatusCode::PermissionDenied),
     (libc::EACCES, StatusCode::PermissionDenied),
-    (libc::EROFS, StatusCode::PermissionDenied),
-    (libc::EXDEV, StatusCode::PermissionDenied),
+    (libc::EFAULT, StatusCode::PermissionDenied),
+    (libc::ENAMETOOLONG, StatusCode::BadMessage),
+    (libc::EINVAL, StatusCode::BadMessage),
+    (libc::ENOSYS, StatusCode::OpUnsupported),
 ];
+
+/// The answer to a request naming a handle that is not open: CLOSE says there is no such
+/// file, the others fail (OpenSSH's answers).
+pub fn invalid_handle(kind: Kind) -> StatusCode {
+    if kind == Kind::Close { StatusCode::NoSuchFile } else { StatusCode::Failure }
+}
 
 /// The status code that answers `e`.
 pub fn status_code(e: &io::Error) -> StatusCode {
-    if let Some(&(_, code)) = ERRNO_STATUS.iter().find(|(errno, _)| e.raw_os_error() == Some(*errno)) {
-        return code;
-    }
-    match e.kind() {
-        io::ErrorKind::NotFound => StatusCode::NoSuchFile,
-        io::ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
-        io::ErrorKind::Unsupported => StatusCode::OpUnsupported,
-        _ => StatusCode::Failure,
-    }
+    ERRNO_STATUS.iter().find(|(errno, _)| e.raw_os_error() == Some(*errno)).map_or(StatusCode::Failure, |(_, code)| *code)
 }
 
 #[cfg(test)]

@@ -298,10 +298,18 @@ fn open_flags(p: u32) -> OFlags {
     flags | OFlags::NONBLOCK
 }
 
-/// Copies `len` bytes (0: to the end of the source); returns the bytes written.
+/// copy-data: `len` bytes (0: to the end) from one file into another. A copy within one file
+/// is refused, as OpenSSH refuses one handle or one path (we compare inodes, so two names of
+/// one file count too): onto a later offset of itself "to the end" would never end. The copy
+/// ends at the source's size when it starts. Returns the bytes written.
 fn copy_data(from: &File, mut read_offset: u64, len: u64, to: &File, mut write_offset: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = if len == 0 { u64::MAX } else { len };
+    let (source, target) = (rustix::fs::fstat(from)?, rustix::fs::fstat(to)?);
+    if (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino) {
+        return Err(io::Error::other("copy-data within one file"));
+    }
+    let available = (source.st_size as u64).saturating_sub(read_offset);
+    let mut left = if len == 0 { available } else { len.min(available) };
+    let mut buf = vec![0u8; (256 * 1024).min(left) as usize];
     let mut copied = 0;
     while left > 0 {
         let want = (buf.len() as u64).min(left) as usize;
@@ -316,6 +324,14 @@ fn copy_data(from: &File, mut read_offset: u64, len: u64, to: &File, mut write_o
         copied += n as u64;
     }
     Ok(copied)
+}
+
+/// The protocol's statvfs flags: only read-only and nosuid are defined (not Linux's others).
+fn statvfs_flags(flags: rustix::fs::StatVfsMountFlags) -> u64 {
+    const RDONLY: u64 = 0x1;
+    const NOSUID: u64 = 0x2;
+    let has = |flag| flags.contains(flag);
+    (if has(rustix::fs::StatVfsMountFlags::RDONLY) { RDONLY } else { 0 }) | (if has(rustix::fs::StatVfsMountFlags::NOSUID) { NOSUID } else { 0 })
 }
 
 fn attrs_reply(id: u32, st: io::Result<rustix::fs::Stat>) -> Response {
@@ -339,7 +355,7 @@ fn statvfs_reply(id: u32, st: io::Result<rustix::fs::StatVfs>) -> Response {
                 ffree: s.f_ffree,
                 favail: s.f_favail,
                 fsid: s.f_fsid,
-                flag: s.f_flag.bits(),
+                flag: statvfs_flags(s.f_flag),
                 namemax: s.f_namemax,
             },
         },

@@ -1,5 +1,5 @@
-//! An SFTP client speaking raw packets through `ssh -s sftp`, for tests that must control
-//! exactly which requests are in flight.
+//! An SFTP client speaking raw packets (through `ssh -s sftp`, or to a server process over
+//! pipes), for tests that must control exactly which requests are in flight.
 
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -29,16 +29,21 @@ pub fn subsystem(server: &Server) -> Command {
 
 /// A logged-in session (key login) past INIT/VERSION.
 pub struct RawSftp {
-    ssh: Child,
+    peer: Child,
     input: ChildStdin,
     output: ChildStdout,
 }
 
 impl RawSftp {
     pub fn connect(server: &Server) -> RawSftp {
-        let mut ssh = subsystem(server).spawn().expect("run ssh");
-        let (input, output) = (ssh.stdin.take().unwrap(), ssh.stdout.take().unwrap());
-        let mut client = RawSftp { ssh, input, output };
+        RawSftp::spawn(&mut subsystem(server))
+    }
+
+    /// Starts `command` (stdin and stdout piped) and says INIT to it.
+    pub fn spawn(command: &mut Command) -> RawSftp {
+        let mut peer = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start the SFTP peer");
+        let (input, output) = (peer.stdin.take().unwrap(), peer.stdout.take().unwrap());
+        let mut client = RawSftp { peer, input, output };
         client.send(FXP_INIT, &[&3u32.to_be_bytes()]);
         let (kind, _) = client.receive();
         assert_eq!(kind, 2, "expected SSH_FXP_VERSION");
@@ -48,7 +53,8 @@ impl RawSftp {
     pub fn send(&mut self, kind: u8, fields: &[&[u8]]) {
         let body: Vec<u8> = fields.concat();
         let packet = [&((body.len() + 1) as u32).to_be_bytes()[..], &[kind], &body].concat();
-        self.input.write_all(&packet).unwrap();
+        // A peer that closed the stream shows up as a missing reply.
+        let _ = self.input.write_all(&packet);
     }
 
     pub fn request(&mut self, kind: u8, id: u32, fields: &[&[u8]]) {
@@ -69,8 +75,9 @@ impl RawSftp {
             return None;
         }
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        self.output.read_exact(&mut body).unwrap();
-        Some((body[0], body[1..].to_vec()))
+        self.output.read_exact(&mut body).ok()?;
+        let (kind, rest) = body.split_first()?;
+        Some((*kind, rest.to_vec()))
     }
 
     /// The next reply: its type, request id and payload after the id.
@@ -93,7 +100,7 @@ impl RawSftp {
 
 impl Drop for RawSftp {
     fn drop(&mut self) {
-        let _ = self.ssh.kill();
-        let _ = self.ssh.wait();
+        let _ = self.peer.kill();
+        let _ = self.peer.wait();
     }
 }
