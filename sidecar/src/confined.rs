@@ -5,7 +5,8 @@
 //! chains (including ones swapped in while a session runs) are resolved by the kernel as if the
 //! root were `/`. Operations that act on a name (mkdir, unlink, rename, symlink, readlink, lstat,
 //! link) resolve the parent directory that way and then use the `*at` syscall on the final
-//! component, which never follows a symlink in that position. Symlink targets are stored
+//! component, which never follows a symlink in that position (a trailing slash asks the kernel
+//! to follow it: such lookups resolve the whole path in-root instead). Symlink targets are stored
 //! verbatim; they are resolved in-root whenever they are followed later.
 
 use std::ffi::CStr;
