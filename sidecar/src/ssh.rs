@@ -44,7 +44,9 @@ pub fn config_for(credentials: &Credentials) -> Arc<russh::server::Config> {
     let mut ciphers = vec![cipher::AES_128_GCM];
     ciphers.extend(Preferred::default().cipher.iter().copied().filter(|c| *c != cipher::AES_128_GCM));
     Arc::new(russh::server::Config {
-        server_id: russh::SshId::Standard(format!("SSH-2.0-podsftp_{}", env!("CARGO_PKG_VERSION")).into()),
+        // The comment names OpenSSH's SFTP dialect: asyncssh and WinSCP send SYMLINK's arguments
+        // in OpenSSH's order (which we speak) only to servers whose version string says OpenSSH.
+        server_id: russh::SshId::Standard(format!("SSH-2.0-podsftp_{} OpenSSH-compatible-SFTP", env!("CARGO_PKG_VERSION")).into()),
         methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]),
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::from_millis(0)),
