@@ -61,6 +61,17 @@ pub fn admission_router<V: ClusterView>(admitter: Admitter<V>, metrics: Arc<Metr
     Router::new().route("/mutate", post(mutate::<V>)).with_state(Arc::new(AdmissionState { admitter, metrics, body_budget }))
 }
 
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+const REVIEW_KIND: &str = "AdmissionReview";
+
+/// The type of a request body, checked before anything else is read from it.
+#[derive(serde::Deserialize)]
+struct TypeFields {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
 fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, message).into_response()
 }
@@ -125,6 +136,11 @@ async fn mutate<V: ClusterView>(State(state): State<Arc<AdmissionState<V>>>, req
         Ok(read) => read,
         Err(error) => return error.into_response(),
     };
+    match serde_json::from_slice::<TypeFields>(&body) {
+        Ok(types) if types.api_version.as_deref() == Some(REVIEW_API_VERSION) && types.kind.as_deref() == Some(REVIEW_KIND) => {}
+        Ok(_) => return bad_request(format!("only {REVIEW_API_VERSION} {REVIEW_KIND} is answered\n")),
+        Err(error) => return bad_request(format!("malformed AdmissionReview: {error}\n")),
+    }
     let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
         Ok(review) => review,
         Err(pod_error) => {

@@ -373,3 +373,21 @@ async fn readyz_is_503_once_shutting_down() {
     let answer = readyz().await;
     assert!(answer.starts_with("HTTP/1.0 503") && answer.contains("shutting down"), "{answer}");
 }
+
+/// Issue 11, item 11: a review of another version or kind (here `admission.k8s.io/v1beta1`) was
+/// answered with a patch; only `admission.k8s.io/v1` `AdmissionReview` is.
+#[tokio::test]
+async fn reviews_other_than_admission_v1_are_refused() {
+    let server = start().await;
+    let good: Value = serde_json::from_slice(&review("shop", pod_kind(), web_pod())).unwrap();
+    for (api_version, kind) in [("admission.k8s.io/v1beta1", "AdmissionReview"), ("admission.k8s.io/v1", "Review"), ("v1", "AdmissionReview")] {
+        let mut other = good.clone();
+        other["apiVersion"] = json!(api_version);
+        other["kind"] = json!(kind);
+        let answer = post(server.addr, &server.ca, serde_json::to_vec(&other).unwrap()).await;
+        assert_eq!(answer.status, 400, "{api_version} {kind}: {}", String::from_utf8_lossy(&answer.body));
+    }
+    let mut untyped = good.clone();
+    untyped.as_object_mut().unwrap().remove("apiVersion");
+    assert_eq!(post(server.addr, &server.ca, serde_json::to_vec(&untyped).unwrap()).await.status, 400);
+}

@@ -91,14 +91,14 @@ fn deployment_pod_with_several_containers_and_volumes() {
     let args = sidecar.args.clone().unwrap();
     assert_eq!(
         args,
-        ["serve", "--listen", "0.0.0.0:2222", "--health-listen", "0.0.0.0:2223", "--credentials",
-         "/etc/podsftp/credentials", "--container", "app", "--root", "/srv", "--read-only", "--log-format", "json"]
+        ["serve", "--listen=0.0.0.0:2222", "--health-listen=0.0.0.0:2223", "--credentials=/etc/podsftp/credentials",
+         "--container=app", "--root=/srv", "--read-only", "--log-format=json"]
     );
     assert_eq!(env(sidecar, "PODSFTP_SIDECAR").as_deref(), Some("1"));
     let mount = &sidecar.volume_mounts.as_ref().unwrap()[0];
     assert_eq!((mount.name.as_str(), mount.mount_path.as_str(), mount.read_only), ("podsftp-credentials", "/etc/podsftp/credentials", Some(true)));
     assert!(sidecar.readiness_probe.is_some() && sidecar.liveness_probe.is_some());
-    assert_eq!(sidecar.ports.as_ref().unwrap()[0].name.as_deref(), Some("sftp"));
+    assert_eq!(sidecar.ports.as_ref().unwrap()[0].name.as_deref(), Some("podsftp-sftp"));
 
     // The app runs with the image's user: "switch" case (root, default capabilities).
     let context = sidecar.security_context.as_ref().unwrap();
@@ -232,4 +232,122 @@ fn pods_whose_patch_would_be_invalid_are_refused_with_a_reason() {
     let restricted = BTreeMap::from([("pod-security.kubernetes.io/enforce".to_string(), "restricted".to_string())]);
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "x"}, "spec": {"containers": one}})).unwrap();
     assert_eq!(mutate(&pod, &restricted, &web, &settings).unwrap_err(), PatchError::RestrictedNeedsIds);
+}
+
+/// Why `mutate` leaves the pod with `spec` and `annotations` alone.
+fn refusal(spec: Value, annotations: Value) -> PatchError {
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "x", "annotations": annotations}, "spec": spec})).unwrap();
+    mutate(&pod, &enabled_namespace(), &owner("Deployment", "web"), &Settings::example()).unwrap_err()
+}
+
+fn one_container() -> Value {
+    json!([{"name": "app", "image": "a"}])
+}
+
+/// Issue 11, item 10: the sidecar of a hostNetwork pod would listen on the node's ports.
+#[test]
+fn host_network_pods_are_left_alone() {
+    assert_eq!(refusal(json!({"hostNetwork": true, "containers": one_container()}), json!({})), PatchError::HostNetwork);
+}
+
+/// Issue 11, item 4: with pod-level resources (Kubernetes 1.34) the sidecar's requests made the
+/// containers' sum exceed the pod's, and the apiserver denied the pod.
+#[test]
+fn pods_with_pod_level_resources_are_left_alone() {
+    for resources in [json!({"requests": {"cpu": "100m"}}), json!({"limits": {"memory": "64Mi"}})] {
+        let spec = json!({"resources": resources, "containers": one_container()});
+        assert_eq!(refusal(spec, json!({})), PatchError::PodLevelResources);
+    }
+}
+
+/// Issue 11, item 7: a root that is no absolute path (e.g. `--read-only`, passed as its own
+/// argument, made the sidecar exit on a usage error: CrashLoopBackOff), contains NUL or is too long
+/// leaves the pod alone with an error naming the annotation; a valid root is one `--root=` argument.
+#[test]
+fn invalid_root_annotation_leaves_the_pod_alone_naming_the_annotation() {
+    let too_long = format!("/{}", "a".repeat(1024));
+    for root in ["--read-only", "-x", "srv", "/srv\0/x", too_long.as_str()] {
+        let error = refusal(json!({"containers": one_container()}), json!({"podsftp.io/root": root}));
+        assert!(matches!(error, PatchError::InvalidAnnotation { annotation: "podsftp.io/root", .. }), "{root:?}: {error:?}");
+        assert!(error.to_string().contains("podsftp.io/root"), "{error}");
+    }
+    let longest = format!("/{}", "a".repeat(1023));
+    let manifest = json!({"metadata": {"name": "x", "annotations": {"podsftp.io/root": longest}}, "spec": {"containers": one_container()}});
+    let pod = inject(manifest, &enabled_namespace(), &owner("Pod", "x"), &Settings::example());
+    let args = sidecar(&pod).args.clone().unwrap();
+    assert!(args.contains(&format!("--root={longest}")), "{args:?}");
+}
+
+/// Issue 11, item 8: only `true` and `false` are accepted; anything else was served read-write
+/// without a word, now it is read-only with a warning.
+#[test]
+fn read_only_accepts_exactly_true_and_false_and_reads_anything_else_as_true() {
+    for (value, read_only, warned) in [
+        ("true", true, false),
+        ("false", false, false),
+        ("yes", true, true),
+        ("1", true, true),
+        ("on", true, true),
+        (" true", true, true),
+        ("TRUE", true, true),
+        ("", true, true),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "x", "annotations": {"podsftp.io/read-only": value}},
+                                                       "spec": {"containers": one_container()}})).unwrap();
+        let mutation = mutate(&pod, &enabled_namespace(), &owner("Pod", "x"), &Settings::example()).unwrap();
+        let mut patched = serde_json::to_value(&pod).unwrap();
+        json_patch::patch(&mut patched, &mutation.patch).unwrap();
+        let patched: Pod = serde_json::from_value(patched).unwrap();
+        let args = sidecar(&patched).args.clone().unwrap();
+        assert_eq!(args.contains(&"--read-only".to_string()), read_only, "{value:?}: {args:?}");
+        let warning = mutation.warnings.iter().any(|w| w.contains("podsftp.io/read-only") && w.contains("read-only"));
+        assert_eq!(warning, warned, "{value:?}: {:?}", mutation.warnings);
+    }
+}
+
+/// Issue 11, item 9: `PODSFTP_CONTAINER` defined twice in the served container (the last one wins)
+/// or in another container kept the sidecar from finding its target; it is now defined exactly
+/// once, in the served container.
+#[test]
+fn container_variable_is_defined_exactly_once_in_the_served_container() {
+    let var = |value: &str| json!({"name": "PODSFTP_CONTAINER", "value": value});
+    let manifest = json!({
+        "metadata": {"name": "x", "annotations": {"podsftp.io/container": "app"}},
+        "spec": {
+            "initContainers": [{"name": "init", "image": "a", "env": [var("app")]}],
+            "containers": [
+                {"name": "other", "image": "a", "env": [{"name": "A", "value": "1"}, var("app"), var("app")]},
+                {"name": "app", "image": "a", "env": [var("stale"), {"name": "B", "value": "2"}, var("other")]}
+            ]
+        }
+    });
+    let pod: Pod = serde_json::from_value(manifest.clone()).unwrap();
+    let mutation = mutate(&pod, &enabled_namespace(), &owner("Pod", "x"), &Settings::example()).unwrap();
+    assert!(mutation.warnings.iter().any(|w| w.contains("\"other\"")), "{:?}", mutation.warnings);
+    assert!(mutation.warnings.iter().any(|w| w.contains("\"init\"")), "{:?}", mutation.warnings);
+    let patched = inject(manifest, &enabled_namespace(), &owner("Pod", "x"), &Settings::example());
+    let spec = patched.spec.unwrap();
+    let definitions: Vec<(String, Option<String>)> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten().filter(|c| c.name != "podsftp"))
+        .flat_map(|c| c.env.iter().flatten().filter(|e| e.name == "PODSFTP_CONTAINER").map(|e| (c.name.clone(), e.value.clone())))
+        .collect();
+    assert_eq!(definitions, [("app".to_string(), Some("app".to_string()))]);
+    assert_eq!(env(&spec.containers[0], "A").as_deref(), Some("1"));
+    assert_eq!(env(&spec.containers[1], "B").as_deref(), Some("2"));
+}
+
+/// Issue 11, item 6: an app port named `sftp` was what the Service's named target port resolved
+/// to; the sidecar's ports now have names of their own (and the Service targets the number).
+#[test]
+fn app_port_named_sftp_does_not_collide_with_the_sidecar_ports() {
+    let manifest = json!({"metadata": {"name": "x"},
+                          "spec": {"containers": [{"name": "app", "image": "a", "ports": [{"name": "sftp", "containerPort": 22}]}]}});
+    let pod = inject(manifest, &enabled_namespace(), &owner("Pod", "x"), &Settings::example());
+    let sidecar = sidecar(&pod);
+    let names: Vec<_> = sidecar.ports.iter().flatten().filter_map(|p| p.name.as_deref()).collect();
+    assert_eq!(names, ["podsftp-sftp", "podsftp-health"]);
+    let probe_port = &sidecar.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().port;
+    assert_eq!(probe_port, &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("podsftp-health".into()));
 }

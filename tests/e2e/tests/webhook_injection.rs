@@ -114,7 +114,7 @@ fn deployment_pods_are_patched_and_owner_resources_are_garbage_collected() {
     let service = kubectl_json(&["get", "service", "web-sftp", "-n", &ns.name]);
     assert_eq!(service["spec"]["type"], "ClusterIP");
     assert_eq!(service["spec"]["ports"][0]["port"], 2022);
-    assert_eq!(service["spec"]["ports"][0]["targetPort"], "sftp");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 2222, "the number: an app port named sftp must not capture it");
     assert_eq!(service["spec"]["sessionAffinity"], "ClientIP");
     assert_eq!(service["spec"]["selector"]["podsftp.io/owner"], web_pods[0]["metadata"]["labels"]["podsftp.io/owner"]);
     eventually("a Created event on the Deployment", WAIT, || {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, Probe, ResourceRequirements,
     SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
@@ -28,6 +28,15 @@ pub enum PatchError {
     ContainerNotFound(String),
     #[error("the pod uses hostPID, which cannot be combined with shareProcessNamespace")]
     HostPid,
+    #[error("the pod uses hostNetwork: the sidecar would listen on the node's ports")]
+    HostNetwork,
+    #[error(
+        "the pod sets pod-level spec.resources, which the sidecar's requests would exceed; \
+         set the resources per container to get the sidecar"
+    )]
+    PodLevelResources,
+    #[error("annotation {annotation} {problem}")]
+    InvalidAnnotation { annotation: &'static str, problem: &'static str },
     #[error("the pod is a Windows pod")]
     Windows,
     #[error("port {0} is already used by a container of the pod")]
@@ -67,6 +76,13 @@ pub fn mutate(
     if spec.host_pid == Some(true) {
         return Err(PatchError::HostPid);
     }
+    if spec.host_network == Some(true) {
+        return Err(PatchError::HostNetwork);
+    }
+    let pod_resources = spec.resources.as_ref();
+    if pod_resources.is_some_and(|r| r.requests.iter().chain(&r.limits).any(|quantities| !quantities.is_empty())) {
+        return Err(PatchError::PodLevelResources);
+    }
     if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
         return Err(PatchError::Windows);
     }
@@ -88,19 +104,23 @@ pub fn mutate(
 
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let (served_index, served) = served_container(&spec.containers, &annotations)?;
+    let root = served_root(&annotations)?;
     let privilege = privilege(pod, served);
     let enforce = namespace_labels.get(keys::POD_SECURITY_ENFORCE).map(String::as_str);
     if privilege == Privilege::Switch && enforce == Some("restricted") {
         return Err(PatchError::RestrictedNeedsIds);
     }
     let mut warnings = Vec::new();
+    let read_only = read_only(&annotations, &mut warnings);
     let ptrace = settings.allow_ptrace && matches!(enforce, None | Some("privileged"));
     if settings.allow_ptrace && !ptrace {
         warnings.push("podsftp: SYS_PTRACE not added: the namespace enforces a Pod Security level below privileged".into());
     }
 
-    let sidecar = sidecar_container(settings, &served.name, &annotations, &privilege, ptrace);
+    let served_dir = ServedDir { container: &served.name, root, read_only };
+    let sidecar = sidecar_container(settings, &served_dir, &privilege, ptrace);
     let mut ops = vec![add("/spec/shareProcessNamespace", json!(true))];
+    ops.extend(container_env_ops(spec, served_index, &mut warnings));
     let (list, sidecar) = match settings.placement {
         SidecarPlacement::Native => {
             ("initContainers", Container { restart_policy: Some("Always".into()), ..sidecar })
@@ -113,7 +133,6 @@ pub fn mutate(
     };
     ops.push(append(&format!("/spec/{list}"), list_present, to_value(&sidecar)));
     ops.push(append("/spec/volumes", spec.volumes.is_some(), to_value(&credentials_volume(owner))));
-    ops.push(served_env(served_index, served));
     let owner_label = names::owner_label(owner);
     ops.extend(set_map_entries("/metadata/labels", pod.metadata.labels.is_some(), &[(keys::OWNER_LABEL, &owner_label)]));
     let owner_annotation = owner.to_annotation();
@@ -139,6 +158,41 @@ fn served_container<'a>(
             None => Err(PatchError::ContainerNotFound(name.clone())),
         },
         None => Ok((0, &containers[0])),
+    }
+}
+
+/// Largest accepted `podsftp.io/root`, in bytes.
+pub const MAX_ROOT_BYTES: usize = 1024;
+
+/// The `podsftp.io/root` annotation: an absolute path without NUL of at most [`MAX_ROOT_BYTES`];
+/// absent or empty means the container's `/`.
+fn served_root(annotations: &BTreeMap<String, String>) -> Result<Option<&str>, PatchError> {
+    let Some(root) = annotations.get(keys::ROOT).filter(|r| !r.is_empty()) else { return Ok(None) };
+    let invalid = |problem| Err(PatchError::InvalidAnnotation { annotation: keys::ROOT, problem });
+    if !root.starts_with('/') {
+        invalid("must be an absolute path")
+    } else if root.contains('\0') {
+        invalid("must not contain a NUL character")
+    } else if root.len() > MAX_ROOT_BYTES {
+        invalid("must not be longer than 1024 bytes")
+    } else {
+        Ok(Some(root))
+    }
+}
+
+/// The `podsftp.io/read-only` annotation: exactly `true` or `false`; anything else is read as
+/// `true` (the safe reading) with a warning.
+fn read_only(annotations: &BTreeMap<String, String>, warnings: &mut Vec<String>) -> bool {
+    match annotations.get(keys::READ_ONLY).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            warnings.push(format!(
+                "podsftp: annotation {} is neither \"true\" nor \"false\"; the files are served read-only",
+                keys::READ_ONLY
+            ));
+            true
+        }
     }
 }
 
@@ -188,37 +242,31 @@ fn security_context(privilege: &Privilege, ptrace: bool) -> SecurityContext {
     }
 }
 
-fn sidecar_container(
-    settings: &Settings,
-    served: &str,
-    annotations: &BTreeMap<String, String>,
-    privilege: &Privilege,
-    ptrace: bool,
-) -> Container {
-    let mut args: Vec<String> = [
-        "serve",
-        "--listen",
-        "0.0.0.0:2222",
-        "--health-listen",
-        "0.0.0.0:2223",
-        "--credentials",
-        keys::CREDENTIALS_PATH,
-        "--container",
-        served,
-    ]
-    .map(String::from)
-    .to_vec();
-    if let Some(root) = annotations.get(keys::ROOT).filter(|r| !r.is_empty()) {
-        args.extend(["--root".into(), root.clone()]);
-    }
-    if annotations.get(keys::READ_ONLY).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+/// What the sidecar serves, from the annotations (validated).
+struct ServedDir<'a> {
+    container: &'a str,
+    root: Option<&'a str>,
+    read_only: bool,
+}
+
+fn sidecar_container(settings: &Settings, served: &ServedDir, privilege: &Privilege, ptrace: bool) -> Container {
+    // Every value joined to its flag (`--flag=value`), so no value is ever read as a flag.
+    let mut args = vec![
+        "serve".to_string(),
+        format!("--listen=0.0.0.0:{}", keys::SIDECAR_PORT),
+        format!("--health-listen=0.0.0.0:{}", keys::SIDECAR_HEALTH_PORT),
+        format!("--credentials={}", keys::CREDENTIALS_PATH),
+        format!("--container={}", served.container),
+    ];
+    args.extend(served.root.map(|root| format!("--root={root}")));
+    if served.read_only {
         args.push("--read-only".into());
     }
-    args.extend(["--log-format".into(), settings.sidecar_log_format.clone()]);
+    args.push(format!("--log-format={}", settings.sidecar_log_format));
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("sftp-health".into()),
+            port: IntOrString::String(HEALTH_PORT_NAME.into()),
             ..Default::default()
         }),
         period_seconds: Some(10),
@@ -234,8 +282,8 @@ fn sidecar_container(
         image_pull_policy: Some(settings.sidecar_image_pull_policy.clone()),
         args: Some(args),
         ports: Some(vec![
-            ContainerPort { name: Some("sftp".into()), container_port: keys::SIDECAR_PORT, protocol: Some("TCP".into()), ..Default::default() },
-            ContainerPort { name: Some("sftp-health".into()), container_port: keys::SIDECAR_HEALTH_PORT, protocol: Some("TCP".into()), ..Default::default() },
+            ContainerPort { name: Some(SFTP_PORT_NAME.into()), container_port: keys::SIDECAR_PORT, protocol: Some("TCP".into()), ..Default::default() },
+            ContainerPort { name: Some(HEALTH_PORT_NAME.into()), container_port: keys::SIDECAR_HEALTH_PORT, protocol: Some("TCP".into()), ..Default::default() },
         ]),
         env: Some(vec![EnvVar { name: "PODSFTP_SIDECAR".into(), value: Some("1".into()), ..Default::default() }]),
         readiness_probe: Some(probe("/readyz")),
@@ -269,16 +317,48 @@ fn credentials_volume(owner: &Owner) -> Volume {
     }
 }
 
-/// Sets `PODSFTP_CONTAINER=<name>` on the served container (replacing a stale value).
-fn served_env(index: usize, served: &Container) -> PatchOperation {
-    let base = format!("/spec/containers/{index}/env");
-    let var = to_value(&EnvVar { name: keys::CONTAINER_ENV.into(), value: Some(served.name.clone()), ..Default::default() });
-    match served.env.as_ref().map(|env| env.iter().position(|e| e.name == keys::CONTAINER_ENV)) {
-        Some(Some(existing)) => {
-            PatchOperation::Replace(ReplaceOperation { path: pointer(&format!("{base}/{existing}")), value: var })
+/// Port names of the sidecar: prefixed, so an app port named `sftp` never collides (the Service
+/// targets the port number anyway).
+const SFTP_PORT_NAME: &str = "podsftp-sftp";
+const HEALTH_PORT_NAME: &str = "podsftp-health";
+
+/// Makes `PODSFTP_CONTAINER=<name>` defined exactly once in the pod, in the served container: the
+/// sidecar finds its target by that variable, and Kubernetes uses the last of duplicate
+/// definitions. Stale definitions there and any definition in another container are removed.
+fn container_env_ops(spec: &k8s_openapi::api::core::v1::PodSpec, served_index: usize, warnings: &mut Vec<String>) -> Vec<PatchOperation> {
+    let positions = |container: &Container| -> Vec<usize> {
+        container.env.iter().flatten().enumerate().filter(|(_, e)| e.name == keys::CONTAINER_ENV).map(|(i, _)| i).collect()
+    };
+    // Removals from the highest index down, so earlier removals do not shift later ones.
+    let remove_all = |base: &str, positions: &[usize]| -> Vec<PatchOperation> {
+        positions.iter().rev().map(|i| PatchOperation::Remove(RemoveOperation { path: pointer(&format!("{base}/{i}")) })).collect()
+    };
+    let mut ops = Vec::new();
+    let lists = [("containers", spec.containers.as_slice()), ("initContainers", spec.init_containers.as_deref().unwrap_or_default())];
+    for (list, containers) in lists {
+        for (index, container) in containers.iter().enumerate() {
+            let base = format!("/spec/{list}/{index}/env");
+            let found = positions(container);
+            if list == "containers" && index == served_index {
+                let var = to_value(&EnvVar { name: keys::CONTAINER_ENV.into(), value: Some(container.name.clone()), ..Default::default() });
+                match found.split_first() {
+                    Some((first, stale)) => {
+                        ops.extend(remove_all(&base, stale));
+                        ops.push(PatchOperation::Replace(ReplaceOperation { path: pointer(&format!("{base}/{first}")), value: var }));
+                    }
+                    None => ops.push(append(&base, container.env.is_some(), var)),
+                }
+            } else if !found.is_empty() {
+                warnings.push(format!(
+                    "podsftp: {} removed from container {:?}: the variable names the served container",
+                    keys::CONTAINER_ENV,
+                    container.name
+                ));
+                ops.extend(remove_all(&base, &found));
+            }
         }
-        present => append(&base, present.is_some(), var),
     }
+    ops
 }
 
 fn to_value<T: serde::Serialize>(value: &T) -> Value {

@@ -239,7 +239,8 @@ fn desired_service(pod: &Pod, namespace: &str, target: &OwnerTarget, default_typ
     let mut spec = json!({
         "type": service_type,
         "selector": {keys::OWNER_LABEL: target.owner_label},
-        "ports": [{"name": "sftp", "port": port, "targetPort": "sftp", "protocol": "TCP"}],
+        // The port number, not a name: kube resolves a named target in the app containers first.
+        "ports": [{"name": "sftp", "port": port, "targetPort": keys::SIDECAR_PORT, "protocol": "TCP"}],
         "sessionAffinity": "ClientIP",
     });
     let ranges: Vec<&str> = annotations
