@@ -8,6 +8,10 @@
 //! component, which never follows a symlink in that position (a trailing slash asks the kernel
 //! to follow it: such lookups resolve the whole path in-root instead). Symlink targets are stored
 //! verbatim; they are resolved in-root whenever they are followed later.
+//!
+//! A client path of `PATH_MAX` (4096) bytes or more is refused with `ENAMETOOLONG` before any
+//! work, as OpenSSH's sftp-server refuses it, also where the kernel would accept its parent and
+//! its last component separately.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -21,6 +25,8 @@ use rustix::io::Errno;
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
 /// Symlinks followed while computing a realpath before giving up (the kernel's limit).
 const MAX_SYMLINKS: usize = 40;
+/// Longest path, terminating NUL included (the kernel's and OpenSSH's limit).
+const PATH_MAX: usize = libc::PATH_MAX as usize;
 
 /// Changes to a file's metadata (SETSTAT and its variants), applied in OpenSSH's order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,17 +55,23 @@ enum Split<'a> {
     Root,
 }
 
-fn split(path: &[u8]) -> Split<'_> {
+/// The path, unless it is too long to name anything (see the module comment).
+fn within_path_max(path: &[u8]) -> io::Result<&[u8]> {
+    if path.len() < PATH_MAX { Ok(path) } else { Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG)) }
+}
+
+fn split(path: &[u8]) -> io::Result<Split<'_>> {
+    let path = within_path_max(path)?;
     let end = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
     let trimmed = &path[..end];
     if trimmed.is_empty() {
-        return Split::Root;
+        return Ok(Split::Root);
     }
-    match trimmed.iter().rposition(|&b| b == b'/') {
+    Ok(match trimmed.iter().rposition(|&b| b == b'/') {
         Some(0) => Split::Entry { parent: b"/", name: &path[1..] },
         Some(i) => Split::Entry { parent: &trimmed[..i], name: &path[i + 1..] },
         None => Split::Entry { parent: b".", name: path },
-    }
+    })
 }
 
 /// Whether the kernel, looking `name` up in its parent, would follow it (a trailing slash
@@ -92,7 +104,8 @@ impl Root {
     }
 
     fn resolve(&self, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
-        rustix::fs::openat2(&self.fd, or_dot(path), flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE).map_err(io_err)
+        rustix::fs::openat2(&self.fd, or_dot(within_path_max(path)?), flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
+            .map_err(io_err)
     }
 
     fn resolve_parent(&self, parent: &[u8]) -> io::Result<OwnedFd> {
@@ -103,7 +116,8 @@ impl Root {
     pub fn open_file(&self, path: &[u8], flags: OFlags, mode: u32) -> io::Result<File> {
         // openat2 insists on a zero mode unless a file may be created.
         let mode = if flags.contains(OFlags::CREATE) { Mode::from_raw_mode(mode & 0o7777) } else { Mode::empty() };
-        let fd = rustix::fs::openat2(&self.fd, or_dot(path), flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, RESOLVE)
+        let path = or_dot(within_path_max(path)?);
+        let fd = rustix::fs::openat2(&self.fd, path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, RESOLVE)
             .map_err(io_err)?;
         Ok(File::from(fd))
     }
@@ -120,7 +134,7 @@ impl Root {
 
     /// `lstat`: a symlink in the final position is described, not followed.
     pub fn lstat(&self, path: &[u8]) -> io::Result<Stat> {
-        match split(path) {
+        match split(path)? {
             Split::Entry { parent, name } if !follows(name) => {
                 rustix::fs::statat(self.resolve_parent(parent)?, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)
             }
@@ -130,7 +144,7 @@ impl Root {
 
     /// The parent and final name of a path that is about to be created, removed or renamed.
     fn entry<'a>(&self, path: &'a [u8]) -> io::Result<(OwnedFd, &'a [u8])> {
-        match split(path) {
+        match split(path)? {
             Split::Root => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
             Split::Entry { parent, name } => Ok((self.resolve_parent(parent)?, name)),
         }
@@ -166,7 +180,7 @@ impl Root {
     }
 
     pub fn readlink(&self, path: &[u8]) -> io::Result<Vec<u8>> {
-        match split(path) {
+        match split(path)? {
             Split::Entry { parent, name } if !follows(name) => {
                 Ok(rustix::fs::readlinkat(self.resolve_parent(parent)?, name, Vec::new()).map_err(io_err)?.into_bytes())
             }
@@ -176,7 +190,7 @@ impl Root {
     }
 
     pub fn hardlink(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
-        let (from_dir, from_name) = match split(from) {
+        let (from_dir, from_name) = match split(from)? {
             Split::Entry { parent, name } if !follows(name) => (self.resolve_parent(parent)?, name),
             // A directory, which cannot be linked (or nothing).
             _ => return self.stat(from).and(Err(io::Error::from_raw_os_error(libc::EPERM))),
@@ -187,7 +201,7 @@ impl Root {
 
     /// SETSTAT (`follow`) or lsetstat@openssh.com (`!follow`).
     pub fn setstat(&self, path: &[u8], metadata: &Metadata, follow: bool) -> io::Result<()> {
-        let target = match (follow, split(path)) {
+        let target = match (follow, split(path)?) {
             // A symlink has no size to set (OpenSSH answers BAD_MESSAGE, our EINVAL's).
             (false, _) if metadata.size.is_some() => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
             // Truncating needs the file open for writing; the rest needs only ownership.
@@ -216,43 +230,114 @@ impl Root {
     /// The canonical absolute path of `path` inside the root, computed the way RESOLVE_IN_ROOT
     /// resolves it: `..` stops at the root and absolute symlink targets restart at the root.
     /// A last component that does not exist is kept as written; a missing one before it is an
-    /// error, like OpenSSH's.
+    /// error, like OpenSSH's. Linear in the number of components: each is looked up once, in
+    /// the directory reached so far.
     pub fn realpath(&self, path: &[u8]) -> io::Result<Vec<u8>> {
-        let mut resolved: Vec<Vec<u8>> = Vec::new();
-        let mut pending: Vec<Vec<u8>> = components(path).rev().map(<[u8]>::to_vec).collect();
+        let mut walk = Walk::at_root(self)?;
+        let mut pending: Vec<Vec<u8>> = components(within_path_max(path)?).rev().map(<[u8]>::to_vec).collect();
         let mut links = 0;
         while let Some(part) = pending.pop() {
             match part.as_slice() {
                 b"." => continue,
                 b".." => {
-                    resolved.pop();
+                    walk.up(self)?;
                     continue;
                 }
                 _ => {}
             }
-            let mut candidate = join(&resolved);
-            candidate.push(b'/');
-            candidate.extend_from_slice(&part);
-            match self.readlink(&candidate) {
-                Ok(target) => {
+            if !walk.in_directory() {
+                return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+            }
+            // A single name, not `..`, never followed: the fd is the entry itself.
+            let entry = match rustix::fs::openat(&walk.dir, &part[..], OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+                Ok(entry) => entry,
+                // A last name that does not exist yet (clients realpath names they will
+                // create) stands as written, as in OpenSSH.
+                Err(Errno::NOENT) if pending.is_empty() => {
+                    walk.push(part, None)?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let st = rustix::fs::fstat(&entry)?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFLNK => {
                     links += 1;
                     if links > MAX_SYMLINKS {
                         return Err(io::Error::from_raw_os_error(libc::ELOOP));
                     }
+                    let target = rustix::fs::readlinkat(&entry, c"", Vec::new())?.into_bytes();
                     if target.first() == Some(&b'/') {
-                        resolved.clear();
+                        walk = Walk::at_root(self)?;
                     }
                     pending.extend(components(&target).rev().map(<[u8]>::to_vec));
                 }
-                // Not a symlink: the name stands as written. So does a last name that does
-                // not exist yet (clients realpath names they will create), as in OpenSSH.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => resolved.push(part),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && pending.is_empty() => resolved.push(part),
-                Err(e) => return Err(e),
+                libc::S_IFDIR => walk.push(part, Some((entry, file_id(&st))))?,
+                _ => walk.push(part, None)?,
             }
         }
-        Ok(join(&resolved))
+        Ok(join(&walk.names))
     }
+}
+
+/// Where a realpath has got to: the names from the root, the identities of the directories
+/// they pass through (the root first) and an fd of the last of those. Only the last name can
+/// be something else (a file, or a name still to be created).
+struct Walk {
+    dir: OwnedFd,
+    names: Vec<Vec<u8>>,
+    ids: Vec<(u64, u64)>,
+    /// Bytes of `names` joined with slashes.
+    len: usize,
+}
+
+impl Walk {
+    fn at_root(root: &Root) -> io::Result<Walk> {
+        let id = file_id(&rustix::fs::fstat(&root.fd)?);
+        Ok(Walk { dir: root.fd.try_clone()?, names: Vec::new(), ids: vec![id], len: 0 })
+    }
+
+    /// Whether every name so far is a directory (`dir` is the last of them).
+    fn in_directory(&self) -> bool {
+        self.ids.len() == self.names.len() + 1
+    }
+
+    fn push(&mut self, name: Vec<u8>, dir: Option<(OwnedFd, (u64, u64))>) -> io::Result<()> {
+        self.len += 1 + name.len();
+        if self.len >= PATH_MAX {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        self.names.push(name);
+        if let Some((fd, id)) = dir {
+            self.dir = fd;
+            self.ids.push(id);
+        }
+        Ok(())
+    }
+
+    /// `..`: the parent, or the root at the root. The physical parent is taken when it is the
+    /// directory passed on the way down; if that changed (a rename meanwhile), the parent is
+    /// resolved in-root again.
+    fn up(&mut self, root: &Root) -> io::Result<()> {
+        let leaves_directory = self.in_directory();
+        let Some(name) = self.names.pop() else { return Ok(()) };
+        self.len -= 1 + name.len();
+        if leaves_directory {
+            self.ids.pop();
+            let parent = rustix::fs::openat(&self.dir, c"..", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+            self.dir = if self.ids.last() == Some(&file_id(&rustix::fs::fstat(&parent)?)) {
+                parent
+            } else {
+                root.resolve(&join(&self.names), OFlags::PATH | OFlags::DIRECTORY)?
+            };
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::unnecessary_cast)] // the field types differ between architectures
+fn file_id(st: &Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
 }
 
 fn busy_for_directory(e: io::Error) -> io::Error {
@@ -383,6 +468,69 @@ mod tests {
         assert!(sub.stat(b"file").is_ok());
         assert!(sub.stat(b"../sub/file").is_err());
         assert!(sub.stat(b"/up/sub").is_err());
+    }
+
+    fn enametoolong<T: std::fmt::Debug>(r: io::Result<T>) {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+    }
+
+    /// 16 nested directories of 250-byte names: a 4016-byte path the kernel resolves.
+    fn deep_tree(top: &Path) -> Vec<u8> {
+        let name = "d".repeat(250);
+        let mut dir = rustix::fs::open(top, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..16 {
+            rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+            dir = rustix::fs::openat(&dir, name.as_str(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        format!("/{name}").repeat(16).into_bytes()
+    }
+
+    #[test]
+    fn paths_of_path_max_bytes_or_more_are_refused() {
+        let (dir, root) = setup();
+        let just_fits = [&b"/"[..], &b"./".repeat(2045), b"sub/"].concat();
+        assert_eq!(just_fits.len(), PATH_MAX - 1);
+        assert_eq!(root.realpath(&just_fits).unwrap(), b"/sub");
+        let too_long = [&just_fits[..], b"."].concat();
+        enametoolong(root.realpath(&too_long));
+        enametoolong(root.realpath(&b"/a".repeat(131_000)));
+        enametoolong(root.stat(&too_long));
+        enametoolong(root.lstat(&too_long));
+        enametoolong(root.mkdir(&too_long, 0o755));
+        enametoolong(root.open_file(&too_long, OFlags::RDONLY, 0));
+        // A symlink that expands past the limit.
+        let deep = deep_tree(dir.path());
+        symlink(std::str::from_utf8(&deep).unwrap(), dir.path().join("deep")).unwrap();
+        assert_eq!(root.realpath(&[&b"deep/"[..], &[b'n'; 70]].concat()).unwrap(), [&deep[..], b"/", &[b'n'; 70]].concat());
+        enametoolong(root.realpath(&[&b"deep/"[..], &[b'n'; 100]].concat()));
+    }
+
+    #[test]
+    fn a_name_that_makes_the_path_too_long_is_refused_though_the_kernel_takes_it() {
+        let (dir, root) = setup();
+        let deep = deep_tree(dir.path());
+        let child = [&deep[..], b"/", &[b'n'; 100]].concat();
+        enametoolong(root.mkdir(&child, 0o755));
+        enametoolong(root.symlink(b"x", &child));
+        let shorter = [&deep[..], b"/", &[b'n'; 50]].concat();
+        root.mkdir(&shorter, 0o755).unwrap();
+    }
+
+    #[test]
+    fn realpath_walks_up_and_down_deep_trees() {
+        let (dir, root) = setup();
+        let deep = deep_tree(dir.path());
+        let d = "d".repeat(250);
+        assert_eq!(root.realpath(&deep).unwrap(), deep);
+        let fourteen = &deep[..deep.len() - 2 * 251];
+        let up = [fourteen, b"/", d.as_bytes(), b"/../../", d.as_bytes()].concat();
+        assert_eq!(root.realpath(&up).unwrap(), fourteen);
+        let missing = |r: io::Result<Vec<u8>>| r.unwrap_err().raw_os_error();
+        assert_eq!(missing(root.realpath(&[&deep[..], b"/missing/more"].concat())), Some(libc::ENOENT));
+        assert_eq!(missing(root.realpath(b"sub/file/x/../../file")), Some(libc::ENOTDIR));
+        assert_eq!(root.realpath(b"sub/file/../file/.").unwrap(), b"/sub/file");
+        let to_top = [&b"/.."[..], &b"/sub/..".repeat(2), &deep[..], &b"/..".repeat(17)].concat();
+        assert_eq!(root.realpath(&to_top).unwrap(), b"/");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! target and starting workers), `worker` (one SFTP session in its own process, after taking
 //! the target's identity), `sftp` (protocol), `confined` (every path operation), `target`
 //! (finding and describing the process to serve), `privilege` (dropping to the target's
-//! identity), `credentials` (the watched credentials directory), `health` (probes).
+//! identity), `credentials` (the watched credentials directory), `health` (probes), `visible`
+//! (client bytes in log lines).
 
 pub mod access;
 pub mod confined;
@@ -15,4 +16,5 @@ pub mod privilege;
 pub mod sftp;
 pub mod ssh;
 pub mod target;
+pub mod visible;
 pub mod worker;

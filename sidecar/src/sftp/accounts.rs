@@ -2,8 +2,17 @@
 //! `/etc/group`): the app container's names, which is what `ls -l`, FileZilla's owner column
 //! and `users-groups-by-id@openssh.com` should show. Parsing is pure; the server reads the
 //! files through the confined root.
+//!
+//! The SFTP user can often write these files, so what is taken from them is bounded: a name
+//! longer than [`MAX_NAME`] is not a name (its id shows as a number) and at most
+//! [`MAX_ENTRIES`] ids are read from each file.
 
 use std::collections::HashMap;
+
+/// Longest name taken (useradd's limit): a planted long name must not bloat every listing.
+pub const MAX_NAME: usize = 32;
+/// Ids read from each file; containers' files hold a few dozen.
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// Names by numeric id; ids without a name are shown as numbers.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -41,13 +50,17 @@ fn names_in_order(names: &HashMap<u32, Vec<u8>>, ids: &[u32]) -> Vec<Vec<u8>> {
 }
 
 /// `name:password:id:...` lines, the shape both files share. Like getpwuid(3), the first
-/// line with an id wins; comments, blank and malformed lines are skipped.
+/// line with an id wins; comments, blank and malformed lines (names over [`MAX_NAME`] bytes
+/// too) are skipped; reading stops at [`MAX_ENTRIES`] ids.
 fn names_by_id(content: &[u8]) -> HashMap<u32, Vec<u8>> {
     let mut names = HashMap::new();
     for line in content.split(|&b| b == b'\n') {
+        if names.len() >= MAX_ENTRIES {
+            break;
+        }
         let mut fields = line.split(|&b| b == b':');
         let (Some(name), Some(_), Some(id)) = (fields.next(), fields.next(), fields.next()) else { continue };
-        if name.is_empty() || name.starts_with(b"#") {
+        if name.is_empty() || name.starts_with(b"#") || name.len() > MAX_NAME {
             continue;
         }
         let Some(id) = std::str::from_utf8(id).ok().and_then(|s| s.trim().parse::<u32>().ok()) else { continue };
@@ -71,6 +84,20 @@ mod tests {
         assert_eq!(accounts.group(50), Some(&b"staff"[..]));
         assert_eq!(accounts.group(1000), None);
         assert_eq!(accounts.user_names(&[1000, 7, 0]), [&b"app"[..], b"", b"root"]);
+    }
+
+    #[test]
+    fn overlong_names_are_numbers_and_entries_are_capped() {
+        let huge = vec![b'A'; 1024 * 1024];
+        let passwd = [&huge[..], b":x:0:0::/:\n", &[b'n'; MAX_NAME], b":x:1:1::/:\n"].concat();
+        let accounts = Accounts::parse(&passwd, b"");
+        assert_eq!(accounts.user(0), None, "a 1 MiB name was taken");
+        assert_eq!(accounts.user(1), Some(&[b'n'; MAX_NAME][..]));
+
+        let many: Vec<u8> = (0..MAX_ENTRIES as u32 + 10).flat_map(|id| format!("g{id}:x:{id}:\n").into_bytes()).collect();
+        let accounts = Accounts::parse(b"", &many);
+        assert_eq!(accounts.groups.len(), MAX_ENTRIES);
+        assert_eq!(accounts.group(MAX_ENTRIES as u32), None);
     }
 
     #[test]

@@ -314,11 +314,13 @@ pub enum Response {
 }
 
 impl Response {
-    /// Bytes this response occupies on the wire, used to account in-flight memory.
-    pub fn wire_len(&self) -> usize {
+    /// The request this answers (VERSION answers INIT, which has no id).
+    fn id(&self) -> Option<u32> {
+        use Response::*;
         match self {
-            Response::Data { data, .. } => 13 + data.len(),
-            _ => 64,
+            Version { .. } => None,
+            Status { id, .. } | Handle { id, .. } | Data { id, .. } | Name { id, .. } | Attrs { id, .. }
+            | StatVfs { id, .. } | Limits { id, .. } | UsersGroups { id, .. } => Some(*id),
         }
     }
 }
@@ -361,7 +363,24 @@ fn put_attrs(out: &mut BytesMut, a: &Attrs) {
 
 /// Appends the full packet (length prefix included) to `out`. For DATA only the header is
 /// written and the payload is returned, so callers can write it without copying.
+///
+/// No packet exceeds the `MAX_PACKET` we advertise (OpenSSH clients end the session on a larger
+/// one): a reply that would (names for too many ids) is answered with SSH_FX_FAILURE instead.
 pub fn encode(response: &Response, out: &mut BytesMut) -> Option<Bytes> {
+    let start = out.len();
+    let payload = encode_unbounded(response, out);
+    let len = out.len() - start - 4 + payload.as_ref().map_or(0, |p| p.len());
+    match response.id() {
+        Some(id) if len > MAX_PACKET as usize => {
+            out.truncate(start);
+            let message = format!("the reply ({len} bytes) would exceed the {MAX_PACKET}-byte packet limit; ask for less");
+            encode_unbounded(&Response::Status { id, code: StatusCode::Failure, message }, out)
+        }
+        _ => payload,
+    }
+}
+
+fn encode_unbounded(response: &Response, out: &mut BytesMut) -> Option<Bytes> {
     let start = out.len();
     out.put_u32(0); // length, patched below
     let mut payload = None;
@@ -565,6 +584,16 @@ mod tests {
         let users = [s(b"root"), s(b"")].concat();
         let body = [&[fxp::EXTENDED_REPLY][..], &5u32.to_be_bytes(), &s(&users), &s(&s(b"g"))].concat();
         assert_eq!(&out[..], &[&(body.len() as u32).to_be_bytes()[..], &body].concat()[..]);
+    }
+
+    #[test]
+    fn a_reply_over_the_packet_limit_becomes_a_failure_status() {
+        let names = vec![vec![b'n'; 32]; 10_000];
+        let mut out = BytesMut::new();
+        assert_eq!(encode(&Response::UsersGroups { id: 6, users: names, groups: Vec::new() }, &mut out), None);
+        assert!(out.len() <= MAX_PACKET as usize + 4, "{} bytes", out.len());
+        assert_eq!(out[4], fxp::STATUS);
+        assert_eq!(&out[5..13], &[&6u32.to_be_bytes()[..], &(StatusCode::Failure as u32).to_be_bytes()].concat()[..]);
     }
 
     #[test]

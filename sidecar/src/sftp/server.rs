@@ -18,8 +18,13 @@ use super::listing;
 use super::requests;
 use crate::confined::{self, Metadata, Root};
 use crate::target::Liveness;
+use crate::visible::Visible;
 
 const READDIR_BATCH: usize = 128;
+/// A READDIR reply stops taking entries once it holds this many bytes. One entry is below
+/// 132 KiB (a name fits a dirent's 16-bit record length and appears twice), so every reply
+/// stays below the 256 KiB OpenSSH clients accept, whatever names a FUSE filesystem returns.
+const READDIR_REPLY_BYTES: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Options {
@@ -225,17 +230,16 @@ impl Operations for Server {
         if let Object::File { path, written, .. } = object
             && written > 0
         {
-            let path = String::from_utf8_lossy(&path);
-            let (user, client) = (&self.options.user, &self.options.client);
+            let (user, client, path) = (&self.options.user, &self.options.client, Visible(&path));
             tracing::info!(target: "audit", user, client, op = "write", path = %path, bytes = written, "ok");
         }
     }
 }
 
 impl Server {
+    /// Paths are shown escaped (`Visible`): a name holding a newline must not forge a line.
     fn audit(&self, op: &str, path: &[u8], outcome: Result<(), &io::Error>) {
-        let path = String::from_utf8_lossy(path);
-        let (user, client) = (&self.options.user, &self.options.client);
+        let (user, client, path) = (&self.options.user, &self.options.client, Visible(path));
         match outcome {
             Ok(()) => tracing::info!(target: "audit", user, client, op, path = %path, "ok"),
             Err(e) => tracing::info!(target: "audit", user, client, op, path = %path, error = %e, "failed"),
@@ -366,7 +370,8 @@ fn statvfs_reply(id: u32, st: io::Result<rustix::fs::StatVfs>) -> Response {
 fn readdir(id: u32, fd: &OwnedFd, dir: &mut Dir, is_root: bool, accounts: &Accounts) -> Response {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let mut entries = Vec::new();
-    while entries.len() < READDIR_BATCH {
+    let mut bytes = 0;
+    while entries.len() < READDIR_BATCH && bytes < READDIR_REPLY_BYTES {
         let entry = match dir.read() {
             None => break,
             Some(Ok(entry)) => entry,
@@ -376,7 +381,10 @@ fn readdir(id: u32, fd: &OwnedFd, dir: &mut Dir, is_root: bool, accounts: &Accou
         // The root's `..` would describe the directory above the root: show the root instead.
         let stat_name: &[u8] = if is_root && name == b".." { b"." } else { &name };
         let Ok(st) = rustix::fs::statat(fd, stat_name, AtFlags::SYMLINK_NOFOLLOW) else { continue };
-        entries.push(NameEntry { longname: listing::longname(&name, &st, now, accounts), attrs: listing::attrs(&st), filename: name });
+        let longname = listing::longname(&name, &st, now, accounts);
+        // Both names, their lengths and the attributes (at most 32 bytes).
+        bytes += name.len() + longname.len() + 64;
+        entries.push(NameEntry { longname, attrs: listing::attrs(&st), filename: name });
     }
     if entries.is_empty() { status(id, StatusCode::Eof, "End of file") } else { Response::Name { id, entries } }
 }

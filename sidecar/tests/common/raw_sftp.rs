@@ -9,11 +9,18 @@ use super::Server;
 pub const FXP_INIT: u8 = 1;
 pub const FXP_OPEN: u8 = 3;
 pub const FXP_READ: u8 = 5;
+pub const FXP_OPENDIR: u8 = 11;
+pub const FXP_READDIR: u8 = 12;
+pub const FXP_MKDIR: u8 = 14;
+pub const FXP_REALPATH: u8 = 16;
 pub const FXP_STAT: u8 = 17;
 pub const FXP_STATUS: u8 = 101;
 pub const FXP_HANDLE: u8 = 102;
 pub const FXP_DATA: u8 = 103;
+pub const FXP_NAME: u8 = 104;
 pub const FXP_ATTRS: u8 = 105;
+pub const FXP_EXTENDED: u8 = 200;
+pub const FXP_EXTENDED_REPLY: u8 = 201;
 
 pub fn string(bytes: &[u8]) -> Vec<u8> {
     [&(bytes.len() as u32).to_be_bytes()[..], bytes].concat()
