@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use podsftp_webhook::core::patch::{PatchError, mutate};
 use podsftp_webhook::core::selection::{Selection, select};
 use podsftp_webhook::core::settings::{Settings, SidecarPlacement};
-use podsftp_webhook::core::{Owner, bare_pod_owner, names, nearest_owner};
+use podsftp_webhook::core::{Owner, bare_pod_owner, names, nearest_owner, validation};
 use serde_json::{Value, json};
 
 fn enabled_namespace() -> BTreeMap<String, String> {
@@ -21,11 +21,14 @@ fn owner(kind: &str, name: &str) -> Owner {
 /// Selects, patches and applies; returns the patched pod.
 fn inject(manifest: Value, namespace_labels: &BTreeMap<String, String>, owner: &Owner, settings: &Settings) -> Pod {
     let pod: Pod = serde_json::from_value(manifest.clone()).expect("manifest is a pod");
+    assert_eq!(validation::problems(&pod), Vec::<String>::new(), "the manifest is valid");
     assert_eq!(select("shop", namespace_labels, &pod, settings), Selection::Inject);
     let mutation = mutate(&pod, namespace_labels, owner, settings).expect("patch");
     let mut patched = manifest;
     json_patch::patch(&mut patched, &mutation.patch).expect("patch applies");
-    serde_json::from_value(patched).expect("patched pod is a valid Pod")
+    let patched: Pod = serde_json::from_value(patched).expect("patched pod is a Pod");
+    assert_eq!(validation::problems(&patched), Vec::<String>::new(), "the patched pod is valid");
+    patched
 }
 
 fn sidecar(pod: &Pod) -> &Container {
@@ -350,4 +353,13 @@ fn app_port_named_sftp_does_not_collide_with_the_sidecar_ports() {
     assert_eq!(names, ["podsftp-sftp", "podsftp-health"]);
     let probe_port = &sidecar.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().port;
     assert_eq!(probe_port, &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("podsftp-health".into()));
+}
+
+/// The patch adds two annotations; a pod whose annotations are already near the apiserver's
+/// 256 KiB limit would be denied after it, so it is left alone.
+#[test]
+fn pods_with_annotations_near_the_limit_are_left_alone() {
+    let filler = "x".repeat(validation::ANNOTATIONS_MAX_BYTES - 50);
+    let error = refusal(json!({"containers": one_container()}), json!({"filler": filler}));
+    assert!(matches!(error, PatchError::AnnotationsFull(_)), "{error:?}");
 }

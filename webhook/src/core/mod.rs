@@ -7,6 +7,7 @@ pub mod names;
 pub mod patch;
 pub mod selection;
 pub mod settings;
+pub mod validation;
 
 /// Labels and annotations of the product contract (PRODUCT.md).
 pub mod keys {

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
-use super::names;
+use super::{names, validation};
 use super::settings::{SidecarPlacement, Settings};
 use super::{Owner, keys};
 
@@ -35,6 +35,8 @@ pub enum PatchError {
          set the resources per container to get the sidecar"
     )]
     PodLevelResources,
+    #[error("the pod's annotations leave no room for podsftp's ({0} bytes would exceed the apiserver's limit)")]
+    AnnotationsFull(usize),
     #[error("annotation {annotation} {problem}")]
     InvalidAnnotation { annotation: &'static str, problem: &'static str },
     #[error("the pod is a Windows pod")]
@@ -136,10 +138,16 @@ pub fn mutate(
     let owner_label = names::owner_label(owner);
     ops.extend(set_map_entries("/metadata/labels", pod.metadata.labels.is_some(), &[(keys::OWNER_LABEL, &owner_label)]));
     let owner_annotation = owner.to_annotation();
+    let ours = [(keys::STATUS, keys::STATUS_INJECTED), (keys::OWNER_REF_ANNOTATION, owner_annotation.as_str())];
+    let existing: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let annotation_bytes = existing + ours.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    if annotation_bytes > validation::ANNOTATIONS_MAX_BYTES {
+        return Err(PatchError::AnnotationsFull(annotation_bytes));
+    }
     ops.extend(set_map_entries(
         "/metadata/annotations",
         pod.metadata.annotations.is_some(),
-        &[(keys::STATUS, keys::STATUS_INJECTED), (keys::OWNER_REF_ANNOTATION, &owner_annotation)],
+        &ours,
     ));
     Ok(Mutation { patch: Patch(ops), warnings })
 }
