@@ -387,11 +387,14 @@ pub fn set_metadata(fd: BorrowedFd<'_>, metadata: &Metadata) -> io::Result<()> {
         rustix::fs::utimensat(fd, EMPTY, &times, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
     }
     if let Some((uid, gid)) = metadata.owner {
+        // An id of -1 leaves it as it is, as chown(2) (and so OpenSSH's sftp-server) has it;
+        // rustix refuses to build such an id.
+        let given = |id: u32| (id != u32::MAX).then_some(id);
         rustix::fs::chownat(
             fd,
             EMPTY,
-            Some(rustix::fs::Uid::from_raw(uid)),
-            Some(rustix::fs::Gid::from_raw(gid)),
+            given(uid).map(rustix::fs::Uid::from_raw),
+            given(gid).map(rustix::fs::Gid::from_raw),
             AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(io_err)?;
@@ -531,6 +534,18 @@ mod tests {
         assert_eq!(root.realpath(b"sub/file/../file/.").unwrap(), b"/sub/file");
         let to_top = [&b"/.."[..], &b"/sub/..".repeat(2), &deep[..], &b"/..".repeat(17)].concat();
         assert_eq!(root.realpath(&to_top).unwrap(), b"/");
+    }
+
+    #[test]
+    fn an_owner_id_of_minus_one_is_left_as_it_is() {
+        let (dir, root) = setup();
+        let path = dir.path().join("sub/file");
+        use std::os::unix::fs::MetadataExt;
+        let before = std::fs::metadata(&path).unwrap();
+        root.setstat(b"sub/file", &Metadata { owner: Some((u32::MAX, u32::MAX)), ..Metadata::default() }, true).unwrap();
+        root.setstat(b"sub/file", &Metadata { owner: Some((u32::MAX, 4242)), ..Metadata::default() }, false).unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!((after.uid(), after.gid()), (before.uid(), 4242));
     }
 
     #[test]
