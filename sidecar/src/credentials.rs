@@ -91,7 +91,9 @@ pub fn parse_authorized_keys(text: &str) -> Vec<PublicKey> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let starts = std::iter::once(0).chain(line.match_indices(char::is_whitespace).map(|(i, _)| i + 1));
+        // After each whitespace character, which may be wider than a byte (U+00A0 from a
+        // copied web page).
+        let starts = std::iter::once(0).chain(line.match_indices(char::is_whitespace).map(|(i, ws)| i + ws.len()));
         let mut parsed = None;
         for start in starts {
             if let Ok(key) = PublicKey::from_openssh(line[start..].trim_start()) {
@@ -193,6 +195,13 @@ mod tests {
     #[test]
     fn authorized_keys_with_options_comments_and_garbage() {
         let text = format!("# comment\n\n{KEY}\nno-pty,command=\"echo a b\" {KEY}\nnot a key\n");
+        assert_eq!(parse_authorized_keys(&text).len(), 2);
+    }
+
+    #[test]
+    fn wide_whitespace_before_a_key_is_skipped_not_a_crash() {
+        // Found by the authorized_keys fuzz target: slicing after a 3-byte U+2000 panicked.
+        let text = format!("no-pty\u{a0}{KEY}\nrestrict\u{2000}{KEY}\n+\u{2000}\u{3000}x\n");
         assert_eq!(parse_authorized_keys(&text).len(), 2);
     }
 
