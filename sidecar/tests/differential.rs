@@ -440,3 +440,50 @@ fn copy_data_through_two_names_of_one_file_is_refused() {
     assert_eq!(p.log.last().unwrap(), "copy-data onto a later offset of itself: FAILURE");
     assert_eq!(std::fs::read(tree.path().join("file")).unwrap(), b"0123456789");
 }
+
+/// The stock `sftp` client's commands, its server started directly over pipes (`sftp -D`):
+/// what it prints (paths normalized) and the trees afterwards must match.
+#[test]
+fn stock_sftp_client_commands_match() {
+    // `-` goes on after an error, so every command's outcome is compared.
+    let batch = "\
+        -pwd\n-ls -1a\n-ls -1 link_dir/\n-cd dir\n-pwd\n-get file.txt LOCAL/got.txt\n-put LOCAL/up.txt\n\
+        -rename up.txt up2.txt\n-ln -s up2.txt up-link\n-ln up2.txt hard\n-chmod 600 up2.txt\n-mkdir new\n-rmdir new\n\
+        -rm file.txt/\n-rm sub/\n-rmdir sub/\n-mkdir sub/x/\n-cd ..\n-ls -1 dir dir/\n-get missing LOCAL/\n-rename dir/hard file\n\
+        -cd file\n-cd link_dir/\n-pwd\n-ln -s nowhere/ dangling2\n-rm dangling\n-ls -1\n";
+    let trees = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut outputs = Vec::new();
+    for (i, tree) in trees.iter().enumerate() {
+        let tree = tree.path().canonicalize().unwrap();
+        fixture(&tree);
+        let local = tempfile::tempdir().unwrap();
+        std::fs::write(local.path().join("up.txt"), "uploaded").unwrap();
+        let server = match i {
+            0 => format!("{} worker sftp --user tester --client differential --path {}", bin(), tree.display()),
+            _ => format!("{SFTP_SERVER} -d {}", tree.display()),
+        };
+        let local_path = local.path().display().to_string();
+        let mut sftp = Command::new("sftp")
+            .args(["-b", "-", "-D", &server])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sftp");
+        use std::io::Write;
+        sftp.stdin.take().unwrap().write_all(batch.replace("LOCAL", &local_path).as_bytes()).unwrap();
+        let out = sftp.wait_with_output().unwrap();
+        let tree = tree.display().to_string();
+        let normalize = |text: &[u8]| {
+            let text = String::from_utf8_lossy(text).replace(&format!("{tree}/"), "/").replace(&tree, "/").replace(&local_path, "LOCAL");
+            // The worker's audit lines share sftp's stderr.
+            text.split_inclusive('\n').filter(|line| !line.contains(" INFO audit: ")).collect::<String>()
+        };
+        outputs.push((normalize(&out.stdout), normalize(&out.stderr), snapshot(Path::new(&tree)), std::fs::read(local.path().join("got.txt")).ok()));
+    }
+    let [ours, theirs] = [&outputs[0], &outputs[1]];
+    assert_eq!(ours.0, theirs.0, "what sftp printed (podsftp left, OpenSSH right)");
+    assert_eq!(ours.1, theirs.1, "sftp's errors (podsftp left, OpenSSH right)");
+    assert_eq!(ours.2, theirs.2, "the trees afterwards (podsftp left, OpenSSH right)");
+    assert_eq!(ours.3, theirs.3, "the downloaded file");
+}
