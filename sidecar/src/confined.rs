@@ -60,8 +60,14 @@ fn within_path_max(path: &[u8]) -> io::Result<&[u8]> {
     if path.len() < PATH_MAX { Ok(path) } else { Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG)) }
 }
 
+/// The path, unless it names nothing: an empty path is no file, as for the kernel and OpenSSH
+/// (only REALPATH reads it as `.`).
+fn nonempty(path: &[u8]) -> io::Result<&[u8]> {
+    if path.is_empty() { Err(io::Error::from_raw_os_error(libc::ENOENT)) } else { within_path_max(path) }
+}
+
 fn split(path: &[u8]) -> io::Result<Split<'_>> {
-    let path = within_path_max(path)?;
+    let path = nonempty(path)?;
     let end = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
     let trimmed = &path[..end];
     if trimmed.is_empty() {
@@ -82,10 +88,6 @@ fn follows(name: &[u8]) -> bool {
     name.ends_with(b"/") || name == b"." || name == b".."
 }
 
-fn or_dot(path: &[u8]) -> &[u8] {
-    if path.is_empty() { b"." } else { path }
-}
-
 fn io_err(e: Errno) -> io::Error {
     io::Error::from(e)
 }
@@ -104,7 +106,7 @@ impl Root {
     }
 
     fn resolve(&self, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
-        rustix::fs::openat2(&self.fd, or_dot(within_path_max(path)?), flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
+        rustix::fs::openat2(&self.fd, nonempty(path)?, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
             .map_err(io_err)
     }
 
@@ -116,7 +118,7 @@ impl Root {
     pub fn open_file(&self, path: &[u8], flags: OFlags, mode: u32) -> io::Result<File> {
         // openat2 insists on a zero mode unless a file may be created.
         let mode = if flags.contains(OFlags::CREATE) { Mode::from_raw_mode(mode & 0o7777) } else { Mode::empty() };
-        let path = or_dot(within_path_max(path)?);
+        let path = nonempty(path)?;
         let fd = rustix::fs::openat2(&self.fd, path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, RESOLVE)
             .map_err(io_err)?;
         Ok(File::from(fd))

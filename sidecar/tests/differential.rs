@@ -282,12 +282,18 @@ fn compare(case: impl Fn(&mut Peer)) {
         case(&mut peer);
         logs.push(peer.log);
     }
-    let mut differences: Vec<String> = logs[0]
+    // Steps depend on earlier answers (a handle or none): after the first difference in the
+    // number of steps, the rest is compared as one block.
+    let aligned = logs[0].iter().zip(&logs[1]).take_while(|(ours, theirs)| ours.split(':').next() == theirs.split(':').next()).count();
+    let mut differences: Vec<String> = logs[0][..aligned]
         .iter()
-        .zip(&logs[1])
+        .zip(&logs[1][..aligned])
         .filter(|(ours, theirs)| ours != theirs)
         .map(|(ours, theirs)| format!("  podsftp {ours}\n  openssh {theirs}"))
         .collect();
+    if logs[0][aligned..] != logs[1][aligned..] {
+        differences.push(format!("  then podsftp: {:#?}\n  and openssh: {:#?}", &logs[0][aligned..], &logs[1][aligned..]));
+    }
     let [ours, theirs] = [snapshot(&paths[0]), snapshot(&paths[1])];
     for name in ours.keys().chain(theirs.keys()).collect::<std::collections::BTreeSet<_>>() {
         if ours.get(name) != theirs.get(name) {
@@ -486,4 +492,64 @@ fn stock_sftp_client_commands_match() {
     assert_eq!(ours.1, theirs.1, "sftp's errors (podsftp left, OpenSSH right)");
     assert_eq!(ours.2, theirs.2, "the trees afterwards (podsftp left, OpenSSH right)");
     assert_eq!(ours.3, theirs.3, "the downloaded file");
+}
+
+#[test]
+fn file_and_directory_operations_match() {
+    const APPEND: u32 = 0x04;
+    const TRUNC: u32 = 0x10;
+    const EXCL: u32 = 0x20;
+    compare(|p| {
+        for (path, pflags) in [
+            ("file", CREAT | EXCL | WRITE),
+            ("new", CREAT | EXCL | WRITE),
+            ("dir", READ),
+            ("dir", WRITE),
+            ("missing", READ),
+            ("dangling", CREAT | WRITE),
+            ("link_file", WRITE | TRUNC),
+            ("", READ),
+            ("file", 0),
+        ] {
+            if let Some(handle) = p.step(&format!("open {path:?} {pflags:#x}"), fxp::OPEN, &[&string(path.as_bytes()), &u32b(pflags), &NO_ATTRS]) {
+                p.step("fstat", 8, &[&string(&handle)]);
+                p.step("read", fxp::READ, &[&string(&handle), &u64b(0), &u32b(100)]);
+                p.step("write", fxp::WRITE, &[&string(&handle), &u64b(0), &string(b"written")]);
+                p.step("readdir", fxp::READDIR, &[&string(&handle)]);
+                p.step("fsetstat size", 10, &[&string(&handle), &u32b(1), &u64b(4)]);
+                p.close(path, &handle);
+            }
+        }
+        let append = p.open("dir/file.txt", WRITE | APPEND);
+        p.step("append write at offset 0", fxp::WRITE, &[&string(&append), &u64b(0), &string(b"+appended")]);
+        p.close("dir/file.txt", &append);
+        let created = p.step("open with mode 0600", fxp::OPEN, &[&string(b"private"), &u32b(WRITE | CREAT), &mode_attrs(0o600)]).unwrap();
+        p.close("private", &created);
+        p.step("mkdir with mode 0700", fxp::MKDIR, &[&string(b"dir700"), &mode_attrs(0o700)]);
+        p.step("setstat size", fxp::SETSTAT, &[&string(b"file"), &u32b(1), &u64b(3)]);
+        p.step("setstat size of a directory", fxp::SETSTAT, &[&string(b"dir"), &u32b(1), &u64b(3)]);
+        p.step("setstat mode through a link", fxp::SETSTAT, &[&string(b"link_file"), &mode_attrs(0o640)]);
+        p.step("setstat missing", fxp::SETSTAT, &[&string(b"missing"), &mode_attrs(0o640)]);
+        p.path_op("stat", fxp::STAT, "file");
+        for (from, to) in [("file", "dir/file.txt"), ("dir/sub", "empty_dir"), ("empty_dir", "dir"), ("dir/file.txt", "moved"), ("link_dir", "link_dir2")] {
+            p.two_paths("rename", fxp::RENAME, from, to);
+        }
+        for (from, to) in [("moved", "file"), ("empty_dir", "dir"), ("dir/sub", "dir2")] {
+            p.extended_step(&format!("posix-rename {from} {to}"), "posix-rename@openssh.com", &[&string(from.as_bytes()), &string(to.as_bytes())]);
+        }
+        for (from, to) in [("file", "hard"), ("file", "hard"), ("dir", "hard_dir"), ("missing", "x"), ("link_file", "hard_link")] {
+            p.extended_step(&format!("hardlink {from} {to}"), "hardlink@openssh.com", &[&string(from.as_bytes()), &string(to.as_bytes())]);
+        }
+        for (target, link) in [("/absolute/target", "abs"), ("file", "file"), ("x", "missing/link"), ("", "empty_target")] {
+            p.step(&format!("symlink {link} -> {target}"), fxp::SYMLINK, &[&string(target.as_bytes()), &string(link.as_bytes())]);
+        }
+        p.path_op("readlink", fxp::READLINK, "abs");
+        p.path_op("rmdir", fxp::RMDIR, "dir");
+        p.path_op("rmdir", fxp::RMDIR, "file");
+        p.path_op("remove", fxp::REMOVE, "dir");
+        p.path_op("opendir", fxp::OPENDIR, "file");
+        p.path_op("opendir", fxp::OPENDIR, "missing");
+        p.list("dir2");
+        p.list("link_dir2");
+    });
 }
