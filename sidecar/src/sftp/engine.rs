@@ -294,12 +294,7 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
                 self.reply(&self.ops.answer(id, request), 0);
                 continue;
             }
-            let expected = match &request {
-                Request::Read { len, .. } => (*len).min(codec::MAX_IO) as usize + 13,
-                Request::Readdir { .. } => 32 * 1024,
-                _ => 256,
-            };
-            let cost = (body.len() + expected).min(IN_FLIGHT_BYTES);
+            let cost = (body.len() + request.expected_reply_len()).min(IN_FLIGHT_BYTES);
             self.budget.acquire(cost);
             return Ok(Some(Job { id, request, cost }));
         }

@@ -6,7 +6,7 @@
 
 use std::io;
 
-use super::codec::{Request, StatusCode, pflags};
+use super::codec::{self, Request, StatusCode, pflags};
 
 /// Where a request runs. Requests in one lane run in arrival order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +213,15 @@ impl Request {
     /// May wait on the disk, so it gets a thread of its own.
     pub fn is_quick(&self) -> bool {
         self.kind().row().quick
+    }
+
+    /// Bytes its reply may take, held in the session's in-flight budget until it is written.
+    pub fn expected_reply_len(&self) -> usize {
+        match self {
+            Request::Read { len, .. } => (*len).min(codec::MAX_IO) as usize + 13,
+            Request::Readdir { .. } => 32 * 1024,
+            _ => 256,
+        }
     }
 
     pub fn lane(&self) -> Lane<'_> {
