@@ -252,10 +252,11 @@ const ERRNO_STATUS: &[(i32, StatusCode)] = &[
     (libc::ENOSYS, StatusCode::OpUnsupported),
 ];
 
-/// The answer to a request naming a handle that is not open: CLOSE says there is no such
-/// file, the others fail (OpenSSH's answers).
+/// The answer to a request naming a handle that is not open, or one of the wrong kind (a
+/// directory's for a file request or the reverse): CLOSE and fsync say there is no such file,
+/// the others fail (OpenSSH's answers).
 pub fn invalid_handle(kind: Kind) -> StatusCode {
-    if kind == Kind::Close { StatusCode::NoSuchFile } else { StatusCode::Failure }
+    if matches!(kind, Kind::Close | Kind::Fsync) { StatusCode::NoSuchFile } else { StatusCode::Failure }
 }
 
 /// The status code that answers `e`.

@@ -49,24 +49,11 @@ struct Server {
     options: Options,
 }
 
-/// What a handle refers to, with the path it was opened by (for audit).
+/// What a handle refers to: a file with the path it was opened by (for audit), or a directory
+/// being listed. Like OpenSSH, only READDIR and CLOSE take a directory's handle.
 pub enum Object {
     File { file: File, path: Vec<u8>, written: u64 },
-    Dir { fd: OwnedFd, dir: Dir, is_root: bool, path: Vec<u8> },
-}
-
-impl Object {
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            Object::File { file, .. } => file.as_fd(),
-            Object::Dir { fd, .. } => fd.as_fd(),
-        }
-    }
-
-    fn path(&self) -> &[u8] {
-        let (Object::File { path, .. } | Object::Dir { path, .. }) = self;
-        path
-    }
+    Dir { fd: OwnedFd, dir: Dir, is_root: bool },
 }
 
 impl Operations for Server {
@@ -129,7 +116,7 @@ impl Operations for Server {
                 let opened = root.open_dir(&path).and_then(|fd| {
                     let dir = Dir::new(fd.try_clone()?).map_err(io::Error::from)?;
                     let is_root = rustix::fs::fstat(&fd).is_ok_and(|st| root.is_root(&st));
-                    Ok(Object::Dir { fd, dir, is_root, path })
+                    Ok(Object::Dir { fd, dir, is_root })
                 });
                 match opened {
                     Ok(object) => return Outcome::Opened(object),
@@ -204,10 +191,10 @@ impl Operations for Server {
                     Err(e) => error_status(id, &e),
                 }
             }
-            (object, None, Request::Fstat { .. }) => attrs_reply(id, rustix::fs::fstat(object.fd()).map_err(io::Error::from)),
-            (object, None, Request::Fsetstat { attrs, .. }) => {
-                let r = confined::set_metadata(object.fd(), &metadata(&attrs));
-                self.audit("setstat", object.path(), r.as_ref().map(|_| ()));
+            (Object::File { file, .. }, None, Request::Fstat { .. }) => attrs_reply(id, rustix::fs::fstat(file).map_err(io::Error::from)),
+            (Object::File { file, path, .. }, None, Request::Fsetstat { attrs, .. }) => {
+                let r = confined::set_metadata(file.as_fd(), &metadata(&attrs));
+                self.audit("setstat", path, r.as_ref().map(|_| ()));
                 match r {
                     Ok(()) => ok(id),
                     Err(e) => error_status(id, &e),
@@ -217,11 +204,13 @@ impl Operations for Server {
                 Ok(()) => ok(id),
                 Err(e) => error_status(id, &e),
             },
-            (object, None, Request::Fstatvfs { .. }) => statvfs_reply(id, rustix::fs::fstatvfs(object.fd()).map_err(io::Error::from)),
+            (Object::File { file, .. }, None, Request::Fstatvfs { .. }) => statvfs_reply(id, rustix::fs::fstatvfs(file).map_err(io::Error::from)),
             (Object::Dir { fd, dir, is_root, .. }, None, Request::Readdir { .. }) => {
                 readdir(id, fd, dir, *is_root, &self.options.accounts)
             }
-            (_, None, other) => status(id, StatusCode::Failure, format!("request not valid for this handle: {}", other.name())),
+            (_, None, other) => {
+                status(id, requests::invalid_handle(other.kind()), format!("request not valid for this handle: {}", other.name()))
+            }
         }
     }
 
