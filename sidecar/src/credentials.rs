@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use podsftp_contract::secret;
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
@@ -113,7 +114,7 @@ pub fn parse_authorized_keys(text: &str) -> Vec<PublicKey> {
 #[derive(PartialEq, Eq)]
 struct Snapshot(Vec<Option<Vec<u8>>>);
 
-const FILES: [&str; 4] = ["username", "password", "authorized_keys", "ssh_host_ed25519_key"];
+const FILES: [&str; 4] = [secret::USERNAME, secret::PASSWORD, secret::AUTHORIZED_KEYS, secret::HOST_KEY];
 
 fn snapshot(dir: &Path) -> Snapshot {
     Snapshot(FILES.iter().map(|f| std::fs::read(dir.join(f)).ok()).collect())
@@ -130,11 +131,11 @@ pub fn load(dir: &Path) -> Result<Credentials, CredentialsError> {
             Err(source) => Err(CredentialsError::Read { path, source }),
         }
     };
-    let username = read("username", true)?.unwrap_or_default().trim().to_string();
+    let username = read(secret::USERNAME, true)?.unwrap_or_default().trim().to_string();
     // A trailing newline (as `echo` writes) is not part of the password.
-    let password = read("password", false)?.map(|p| p.trim_end_matches(['\n', '\r']).to_string());
-    let authorized_keys = read("authorized_keys", false)?.map(|t| parse_authorized_keys(&t)).unwrap_or_default();
-    let host_key_text = read("ssh_host_ed25519_key", true)?.unwrap_or_default();
+    let password = read(secret::PASSWORD, false)?.map(|p| p.trim_end_matches(['\n', '\r']).to_string());
+    let authorized_keys = read(secret::AUTHORIZED_KEYS, false)?.map(|t| parse_authorized_keys(&t)).unwrap_or_default();
+    let host_key_text = read(secret::HOST_KEY, true)?.unwrap_or_default();
     let host_key = PrivateKey::from_openssh(host_key_text.trim()).map_err(CredentialsError::HostKey)?;
     if password.is_none() && authorized_keys.is_empty() {
         return Err(CredentialsError::NoLogin);

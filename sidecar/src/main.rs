@@ -160,3 +160,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ssh::serve(listener, credentials, access, shutdown, Duration::from_secs(args.grace_seconds)).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use podsftp_contract::ServeArgs;
+
+    use super::{Cli, Command};
+
+    /// The arguments the webhook writes into every pod parse with this binary's own parser, values
+    /// that look like flags included: a flag renamed on one side fails here, not in a pod.
+    #[test]
+    fn the_webhooks_arguments_parse() {
+        let served = ServeArgs { container: "app", root: Some("--read-only"), read_only: true, log_format: "json" };
+        let cli = Cli::try_parse_from(std::iter::once("podsftp-sidecar".to_string()).chain(served.to_args()))
+            .unwrap_or_else(|e| panic!("the webhook's arguments do not parse: {e}"));
+        let Command::Serve(args) = cli.command else { panic!("not `serve`") };
+        assert_eq!(args.container.as_deref(), Some("app"));
+        assert_eq!(args.root.as_deref(), Some(std::ffi::OsStr::new("--read-only")));
+        assert!(args.read_only);
+        assert_eq!(args.listen.port(), podsftp_contract::sidecar::SFTP_PORT);
+        assert_eq!(args.health_listen.map(|a| a.port()), Some(podsftp_contract::sidecar::HEALTH_PORT));
+        assert_eq!(args.credentials.as_deref(), Some(std::path::Path::new(podsftp_contract::sidecar::CREDENTIALS_PATH)));
+    }
+}

@@ -13,10 +13,9 @@ use std::path::PathBuf;
 
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
-/// The marker the webhook puts into the served container's environment.
-pub const CONTAINER_ENV: &str = "PODSFTP_CONTAINER";
-/// The marker the sidecar's own container carries, so it never serves itself.
-pub const SIDECAR_ENV: &str = "PODSFTP_SIDECAR";
+/// The markers in the served container's environment (put there by the webhook) and in the
+/// sidecar's own (so it never serves itself).
+pub use podsftp_contract::sidecar::{CONTAINER_ENV, SIDECAR_ENV};
 
 #[derive(Debug, Clone)]
 pub enum Target {

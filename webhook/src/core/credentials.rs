@@ -6,13 +6,7 @@ use std::collections::BTreeMap;
 use ssh_key::rand_core::{OsRng, RngCore};
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
-pub const USERNAME: &str = "username";
-pub const PASSWORD: &str = "password";
-pub const AUTHORIZED_KEYS: &str = "authorized_keys";
-pub const CLIENT_KEY: &str = "id_ed25519";
-pub const CLIENT_PUBLIC_KEY: &str = "id_ed25519.pub";
-pub const HOST_KEY: &str = "ssh_host_ed25519_key";
-pub const HOST_PUBLIC_KEY: &str = "ssh_host_ed25519_key.pub";
+pub use podsftp_contract::secret::*;
 
 const PASSWORD_LENGTH: usize = 32;
 const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";

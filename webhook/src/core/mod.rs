@@ -9,33 +9,15 @@ pub mod selection;
 pub mod settings;
 pub mod validation;
 
-/// Labels and annotations of the product contract (PRODUCT.md).
+/// Labels and annotations of the product contract (PRODUCT.md), and the sidecar's names in the
+/// types the Kubernetes API uses.
 pub mod keys {
-    pub const NAMESPACE_INJECTION: &str = "podsftp.io/injection";
-    pub const POD_OPT: &str = "sftp";
-    pub const OWNER_LABEL: &str = "podsftp.io/owner";
-    /// Webhook-written: `<Kind>/<name>` of the topmost owner, read back by the controller.
-    pub const OWNER_REF_ANNOTATION: &str = "podsftp.io/owner";
-    pub const STATUS: &str = "podsftp.io/status";
-    pub const STATUS_INJECTED: &str = "injected";
-    pub const CONTAINER: &str = "podsftp.io/container";
-    pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
-    pub const ROOT: &str = "podsftp.io/root";
-    pub const READ_ONLY: &str = "podsftp.io/read-only";
-    pub const USERNAME: &str = "podsftp.io/username";
-    pub const AUTHORIZED_KEYS: &str = "podsftp.io/authorized-keys";
-    pub const SERVICE_TYPE: &str = "podsftp.io/service-type";
-    pub const SERVICE_PORT: &str = "podsftp.io/service-port";
-    pub const LOAD_BALANCER_SOURCE_RANGES: &str = "podsftp.io/load-balancer-source-ranges";
-    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-    pub const MANAGED_BY_VALUE: &str = "podsftp";
-    pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
-    pub const SIDECAR_NAME: &str = "podsftp";
-    pub const CREDENTIALS_VOLUME: &str = "podsftp-credentials";
-    pub const CREDENTIALS_PATH: &str = "/etc/podsftp/credentials";
-    pub const CONTAINER_ENV: &str = "PODSFTP_CONTAINER";
-    pub const SIDECAR_PORT: i32 = 2222;
-    pub const SIDECAR_HEALTH_PORT: i32 = 2223;
+    pub use podsftp_contract::keys::*;
+    pub use podsftp_contract::sidecar::{CONTAINER_ENV, CREDENTIALS_PATH, CREDENTIALS_VOLUME, CONTAINER_NAME as SIDECAR_NAME};
+    use podsftp_contract::sidecar::{HEALTH_PORT, SFTP_PORT};
+    // Lossless (u16 to i32): container ports are i32 in the Kubernetes API.
+    pub const SIDECAR_PORT: i32 = SFTP_PORT as i32;
+    pub const SIDECAR_HEALTH_PORT: i32 = HEALTH_PORT as i32;
 }
 
 /// The topmost owner of a pod as far as admission knows it: what names the Secret, the Service and

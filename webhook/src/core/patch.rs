@@ -13,6 +13,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use podsftp_contract::ServeArgs;
+use podsftp_contract::sidecar::{HEALTH_PORT_NAME, SFTP_PORT_NAME, SIDECAR_ENV};
 use serde_json::{Value, json};
 
 use super::{names, validation};
@@ -258,19 +260,8 @@ struct ServedDir<'a> {
 }
 
 fn sidecar_container(settings: &Settings, served: &ServedDir, privilege: &Privilege, ptrace: bool) -> Container {
-    // Every value joined to its flag (`--flag=value`), so no value is ever read as a flag.
-    let mut args = vec![
-        "serve".to_string(),
-        format!("--listen=0.0.0.0:{}", keys::SIDECAR_PORT),
-        format!("--health-listen=0.0.0.0:{}", keys::SIDECAR_HEALTH_PORT),
-        format!("--credentials={}", keys::CREDENTIALS_PATH),
-        format!("--container={}", served.container),
-    ];
-    args.extend(served.root.map(|root| format!("--root={root}")));
-    if served.read_only {
-        args.push("--read-only".into());
-    }
-    args.push(format!("--log-format={}", settings.sidecar_log_format));
+    let log_format = &settings.sidecar_log_format;
+    let args = ServeArgs { container: served.container, root: served.root, read_only: served.read_only, log_format }.to_args();
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -293,7 +284,7 @@ fn sidecar_container(settings: &Settings, served: &ServedDir, privilege: &Privil
             ContainerPort { name: Some(SFTP_PORT_NAME.into()), container_port: keys::SIDECAR_PORT, protocol: Some("TCP".into()), ..Default::default() },
             ContainerPort { name: Some(HEALTH_PORT_NAME.into()), container_port: keys::SIDECAR_HEALTH_PORT, protocol: Some("TCP".into()), ..Default::default() },
         ]),
-        env: Some(vec![EnvVar { name: "PODSFTP_SIDECAR".into(), value: Some("1".into()), ..Default::default() }]),
+        env: Some(vec![EnvVar { name: SIDECAR_ENV.into(), value: Some("1".into()), ..Default::default() }]),
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(probe("/healthz")),
         resources: Some(ResourceRequirements {
@@ -327,8 +318,6 @@ fn credentials_volume(owner: &Owner) -> Volume {
 
 /// Port names of the sidecar: prefixed, so an app port named `sftp` never collides (the Service
 /// targets the port number anyway).
-const SFTP_PORT_NAME: &str = "podsftp-sftp";
-const HEALTH_PORT_NAME: &str = "podsftp-health";
 
 /// Makes `PODSFTP_CONTAINER=<name>` defined exactly once in the pod, in the served container: the
 /// sidecar finds its target by that variable, and Kubernetes uses the last of duplicate
