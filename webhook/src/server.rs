@@ -48,6 +48,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may go without a request in progress: covers idle keep-alive
 /// connections, request headers that never end and HTTP/2 connections without a preface.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection told to close (idle or shutdown) may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 struct AdmissionState<V> {
     admitter: Admitter<V>,
@@ -170,7 +172,7 @@ async fn mutate<V: ClusterView>(State(state): State<Arc<AdmissionState<V>>>, req
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes; then accepts no new
 /// connection, lets every connection finish the request it is serving, and returns when all are
-/// closed (at most [`REQUEST_TIMEOUT`] plus [`IDLE_TIMEOUT`] later).
+/// closed (at most [`REQUEST_TIMEOUT`] + [`IDLE_TIMEOUT`] + [`CLOSE_GRACE`] later).
 pub async fn serve_tls(
     listener: TcpListener,
     certs: Arc<CertStore>,
@@ -230,7 +232,8 @@ async fn accept(
 
 /// Serves HTTP/1.1 or HTTP/2 on one connection: each request is answered within
 /// [`REQUEST_TIMEOUT`] (else 408 and, for HTTP/1.1, the connection closes), the connection is closed
-/// after [`IDLE_TIMEOUT`] without a request in progress, and shut down gracefully once `stopped`.
+/// after [`IDLE_TIMEOUT`] without a request in progress, and shut down gracefully once `stopped`
+/// (then dropped once it has been idle for [`CLOSE_GRACE`]).
 async fn serve_connection<I>(io: TokioIo<I>, router: Router, mut stopped: watch::Receiver<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -249,12 +252,16 @@ where
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut connection = pin!(builder.serve_connection(io, service));
-    let mut stopping = *stopped.borrow();
-    if stopping {
+    // Closing is graceful first (HTTP/2 GOAWAY: a client that raced a new request retries it
+    // elsewhere), then, for a client that ignores it, forced after CLOSE_GRACE.
+    let mut graceful = *stopped.borrow();
+    if graceful {
         connection.as_mut().graceful_shutdown();
     }
+    let mut closing_idle = false;
     loop {
         let idle = *progress.borrow_and_update() == 0;
+        let idle_wait = if closing_idle { CLOSE_GRACE } else { IDLE_TIMEOUT };
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(error) = served {
@@ -263,15 +270,21 @@ where
                 return;
             }
             changed = progress.changed() => if changed.is_err() { return },
-            changed = stopped.changed(), if !stopping => {
-                stopping = true;
-                if changed.is_ok() {
+            // Shutdown, or serve_tls itself is gone: either way, finish and close.
+            _ = stopped.changed(), if !graceful => {
+                graceful = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep(idle_wait), if idle => {
+                if closing_idle {
+                    tracing::debug!("closing a connection that ignored the graceful close");
+                    return;
+                }
+                closing_idle = true;
+                if !graceful {
+                    graceful = true;
                     connection.as_mut().graceful_shutdown();
                 }
-            }
-            () = tokio::time::sleep(IDLE_TIMEOUT), if idle => {
-                tracing::debug!("closing a connection without a request in progress");
-                return;
             }
         }
     }
