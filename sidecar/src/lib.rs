@@ -1,7 +1,8 @@
 //! podsftp-sidecar: an SSH server offering only the `sftp` subsystem, serving a directory, a
 //! process's root (`/proc/<pid>/root`) or a container's root found by `PODSFTP_CONTAINER`.
 //!
-//! Layout: `ssh` (front end: russh, auth, piping channels to workers), `access` (resolving the
+//! Layout: `ssh` (front end: russh, auth, piping channels to workers), `admission` (who may
+//! connect and try to log in), `access` (resolving the
 //! target and starting workers), `worker` (one SFTP session in its own process, after taking
 //! the target's identity), `sftp` (protocol), `confined` (every path operation), `target`
 //! (finding and describing the process to serve), `privilege` (dropping to the target's
@@ -9,6 +10,7 @@
 //! (client bytes in log lines).
 
 pub mod access;
+pub mod admission;
 pub mod confined;
 pub mod credentials;
 pub mod health;

@@ -69,6 +69,10 @@ struct ServeArgs {
     /// Seconds running sessions get to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]
     grace_seconds: u64,
+    /// Seconds a connection has from accept to a successful login (banner, key exchange,
+    /// authentication), like OpenSSH's LoginGraceTime.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    login_grace_seconds: u64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -157,7 +161,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let _ = stopping.send(true);
     };
-    ssh::serve(listener, credentials, access, shutdown, Duration::from_secs(args.grace_seconds)).await;
+    let limits = ssh::Limits {
+        login_deadline: Duration::from_secs(args.login_grace_seconds),
+        grace: Duration::from_secs(args.grace_seconds),
+    };
+    ssh::serve(listener, credentials, access, shutdown, limits).await;
     Ok(())
 }
 

@@ -5,38 +5,69 @@
 //! into a bounded queue drained by a task that writes the worker's stdin, so the loop only
 //! waits when the worker is far behind; the worker's stdout is copied to the channel by
 //! another task through russh's window-aware writer. Neither direction can hold the other up.
+//!
+//! Lifetimes: a connection must log in within the login deadline (banner, key exchange and
+//! authentication together) and may read only `PREAUTH_BYTES` before it does; `admission`
+//! decides who may connect and try. A worker ends when its channel closes or its connection
+//! ends, whatever it is waiting for (the client's window, a full pipe): each channel's task
+//! stops when the handler drops its stop signal, and the worker's channel slot is freed only
+//! once the worker has exited, so lingering workers still count against the per-connection cap.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStdout};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::access::Access;
+use crate::admission::{Admission, Penalty, Startup};
 use crate::credentials::{Credentials, State};
 
-/// Concurrent connections; more are closed right after accept.
-pub const MAX_CONNECTIONS: usize = 64;
-/// Like OpenSSH's `MaxSessions` default.
+/// Channels (and their workers, until they have exited) per connection, like OpenSSH's
+/// `MaxSessions` default.
 const MAX_CHANNELS_PER_CONNECTION: usize = 10;
 /// Chunks of client data queued per channel before russh's loop waits for the worker.
 const INPUT_QUEUE: usize = 16;
-/// How long a worker may take to exit after its channel is gone.
-const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How long a worker may take to exit after its channel is gone (its pipes are closed first,
+/// so a worker blocked on them exits at once).
+const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// Bytes a client may send before it has logged in: a login with several keys takes a few KiB;
+/// this bounds unauthenticated re-keying (each key exchange costs the server a signature).
+const PREAUTH_BYTES: u64 = 64 * 1024;
+/// How often a channel whose worker stopped reading checks that the client is still connected.
+const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a client may go on sending requests while not reading a single reply: its worker
+/// then waits on both pipes, russh's loop waits for the worker and stops reading the socket,
+/// so not even a hang-up could be seen (the client's FIN queues behind unsent data). No client
+/// that reads its replies gets here.
+const STALL_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub struct Stats {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     user: std::sync::Mutex<Option<String>>,
+}
+
+/// Front-end settings that are not part of the russh configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time from accept to a successful login (banner, key exchange and authentication).
+    pub login_deadline: Duration,
+    /// Seconds running sessions get to finish after SIGTERM.
+    pub grace: Duration,
 }
 
 /// The russh configuration for one host key.
@@ -68,11 +99,43 @@ pub fn config_for(credentials: &Credentials) -> Arc<russh::server::Config> {
 struct Connection {
     credentials: watch::Receiver<State>,
     access: Arc<Access>,
+    admission: Arc<Admission>,
     peer: SocketAddr,
+    /// Held until the login succeeds (then `session` takes over) or the connection ends.
+    startup: Option<Startup>,
+    session: Option<OwnedSemaphorePermit>,
+    authenticated: watch::Sender<bool>,
+    /// A duplicate of the connection's socket: polled for a hang-up while russh's loop waits
+    /// for a worker, and shut down by the login deadline.
+    socket: Arc<OwnedFd>,
     user: Option<String>,
-    channels: HashMap<ChannelId, Channel<Msg>>,
-    inputs: HashMap<ChannelId, mpsc::Sender<Bytes>>,
+    /// Opened session channels without a subsystem yet, each with its slot.
+    opened: HashMap<ChannelId, (Channel<Msg>, OwnedSemaphorePermit)>,
+    running: HashMap<ChannelId, Running>,
+    channel_slots: Arc<Semaphore>,
     stats: Arc<Stats>,
+}
+
+/// A channel with its worker: dropping it (channel closed, connection ended) stops the worker.
+struct Running {
+    /// Client data for the worker's stdin; `None` after the client's EOF.
+    input: Option<mpsc::Sender<Bytes>>,
+    output: Arc<OutputProgress>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Since when the worker's output has been waiting for the client's window, if it is.
+#[derive(Default)]
+struct OutputProgress(std::sync::Mutex<Option<Instant>>);
+
+impl OutputProgress {
+    fn set(&self, waiting_since: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = waiting_since;
+    }
+
+    fn stalled(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|since| since.elapsed() > STALL_LIMIT)
+    }
 }
 
 impl Connection {
@@ -80,71 +143,146 @@ impl Connection {
         self.credentials.borrow().as_ref().ok().cloned()
     }
 
+    /// Whether this source may try to log in right now (its penalty may have begun after it
+    /// connected); a refusal is logged.
+    fn may_try(&self, user: &str, method: &str) -> bool {
+        let checked = if method == "password" {
+            self.admission.may_check_password(self.peer.ip(), Instant::now())
+        } else {
+            self.admission.may_try(self.peer.ip(), Instant::now())
+        };
+        checked.map_err(|refusal| tracing::info!(user, client = %self.peer, method, %refusal, "login attempt refused")).is_ok()
+    }
+
     fn accepted(&mut self, user: &str, method: &str) -> Auth {
+        let slot = self.startup.take().map(Startup::authenticated);
+        match slot {
+            Some(Ok(permit)) => self.session = Some(permit),
+            Some(Err(refusal)) => {
+                tracing::warn!(user, client = %self.peer, method, %refusal, "login refused");
+                return Auth::reject();
+            }
+            // Already logged in on this connection: keep its session slot.
+            None => {}
+        }
         tracing::info!(user, client = %self.peer, method, "authenticated");
         self.user = Some(user.to_string());
         *self.stats.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(user.to_string());
+        let _ = self.authenticated.send(true);
         Auth::Accept
     }
 
     fn refuse(&self, user: &str, method: &str) -> Auth {
         tracing::info!(user, client = %self.peer, method, "authentication failed");
+        self.admission.penalize(self.peer.ip(), Penalty::AuthFail, Instant::now());
         Auth::reject()
+    }
+
+    fn key_ok(&self, user: &str, key: &PublicKey) -> bool {
+        self.current().is_some_and(|c| c.key_matches(user, key))
     }
 
     async fn start_sftp(&mut self, channel_id: ChannelId, session: &mut Session) -> Result<(), String> {
         let user = self.user.clone().ok_or("not authenticated")?;
-        let channel = self.channels.remove(&channel_id).ok_or("unknown channel")?;
+        let (channel, slot) = self.opened.remove(&channel_id).ok_or("unknown channel")?;
         let resolved = self.access.resolve().await?;
         let mut child = self
             .access
             .spawn_sftp(&resolved, &user, &self.peer.to_string())
             .map_err(|e| format!("cannot start the SFTP worker: {e}"))?;
-        let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("worker has no pipes".into());
         };
-        let (tx, mut rx) = mpsc::channel::<Bytes>(INPUT_QUEUE);
-        self.inputs.insert(channel_id, tx);
-        let mut writer = channel.make_writer();
+        let (input, mut rx) = mpsc::channel::<Bytes>(INPUT_QUEUE);
+        let (stop, stopped) = oneshot::channel();
+        let output = Arc::new(OutputProgress::default());
+        self.running.insert(channel_id, Running { input: Some(input), output: output.clone(), _stop: stop });
+        let feed = tokio::spawn(async move {
+            let mut stdin = stdin;
+            while let Some(chunk) = rx.recv().await {
+                if stdin.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
         // Only the writer is used: client data comes through `Handler::data`, so the channel's
         // own receive queue must not exist (nobody would drain it).
+        let writer = channel.make_writer();
         drop(channel);
         let handle = session.handle();
         let stats = self.stats.clone();
         tokio::spawn(async move {
-            let input = tokio::spawn(async move {
-                while let Some(chunk) = rx.recv().await {
-                    if stdin.write_all(&chunk).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match stdout.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if writer.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-                stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            // Closing our ends first means a worker blocked on a pipe sees EPIPE/EOF and exits.
-            drop(stdout);
-            input.abort();
-            let code = match tokio::time::timeout(WORKER_EXIT_GRACE, child.wait()).await {
-                Ok(Ok(status)) => status.code().unwrap_or(1) as u32,
-                _ => {
-                    let _ = child.kill().await;
-                    1
-                }
+            let channel_gone = tokio::select! {
+                () = copy_output(stdout, writer, &stats, &output) => false,
+                _ = stopped => true,
             };
-            let _ = handle.exit_status_request(channel_id, code).await;
-            let _ = handle.eof(channel_id).await;
-            let _ = handle.close(channel_id).await;
+            // Dropping the pipes first means a worker blocked on them sees EPIPE/EOF and exits.
+            feed.abort();
+            let code = reap(child).await;
+            // The slot is free only now that the worker is gone.
+            drop(slot);
+            if !channel_gone {
+                let _ = handle.exit_status_request(channel_id, code).await;
+                let _ = handle.eof(channel_id).await;
+                let _ = handle.close(channel_id).await;
+            }
         });
         Ok(())
+    }
+}
+
+/// Copies the worker's output to the channel until either ends.
+async fn copy_output(mut stdout: ChildStdout, mut writer: impl tokio::io::AsyncWrite + Unpin, stats: &Stats, progress: &OutputProgress) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stdout.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        progress.set(Some(Instant::now()));
+        let written = writer.write_all(&buf[..n]).await;
+        progress.set(None);
+        if written.is_err() {
+            return;
+        }
+        stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Waits for a worker whose pipes are closed, killing it after `WORKER_EXIT_GRACE`; its exit
+/// code for the client.
+async fn reap(mut child: Child) -> u32 {
+    match tokio::time::timeout(WORKER_EXIT_GRACE, child.wait()).await {
+        Ok(Ok(status)) => status.code().unwrap_or(1) as u32,
+        _ => {
+            let _ = child.kill().await;
+            1
+        }
+    }
+}
+
+/// Whether the client hung up (FIN or RST), without reading from the socket.
+fn hung_up(socket: &OwnedFd) -> bool {
+    let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd that lives across the call; zero timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Resolves when the client hung up, or when its channel's output has waited for its window
+/// longer than `STALL_LIMIT` (see there).
+async fn until_gone(socket: &OwnedFd, output: &OutputProgress) -> russh::Error {
+    loop {
+        if hung_up(socket) {
+            return russh::Error::HUP;
+        }
+        if output.stalled() {
+            return russh::Error::IO(std::io::Error::other(format!(
+                "client sent requests for {} s without reading any reply",
+                STALL_LIMIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(PEER_CHECK_INTERVAL).await;
     }
 }
 
@@ -152,6 +290,9 @@ impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        if !self.may_try(user, "password") {
+            return Ok(Auth::reject());
+        }
         match self.current() {
             Some(c) if c.password_matches(user, password) => Ok(self.accepted(user, "password")),
             _ => Ok(self.refuse(user, "password")),
@@ -163,15 +304,19 @@ impl russh::server::Handler for Connection {
     }
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        if !self.may_try(user, "publickey") {
+            return Ok(Auth::reject());
+        }
         if self.key_ok(user, key.public_key) { Ok(self.accepted(user, "publickey")) } else { Ok(self.refuse(user, "publickey")) }
     }
 
     async fn channel_open_session(&mut self, channel: Channel<Msg>, reply: ChannelOpenHandle, _: &mut Session) -> Result<(), Self::Error> {
-        if self.channels.len() + self.inputs.len() >= MAX_CHANNELS_PER_CONNECTION {
-            reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
-        } else {
-            self.channels.insert(channel.id(), channel);
-            reply.accept().await;
+        match self.channel_slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                self.opened.insert(channel.id(), (channel, slot));
+                reply.accept().await;
+            }
+            Err(_) => reply.reject(russh::ChannelOpenFailure::ResourceShortage).await,
         }
         Ok(())
     }
@@ -191,21 +336,28 @@ impl russh::server::Handler for Connection {
     }
 
     async fn data(&mut self, channel: ChannelId, data: &[u8], _: &mut Session) -> Result<(), Self::Error> {
-        if let Some(input) = self.inputs.get(&channel) {
-            self.stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-            let _ = input.send(Bytes::copy_from_slice(data)).await;
+        let Some(running) = self.running.get(&channel) else { return Ok(()) };
+        let Some(input) = &running.input else { return Ok(()) };
+        self.stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        // Waiting here is the backpressure (russh grants window as data arrives), but it also
+        // stops russh from reading the socket: notice a client that is gone meanwhile, or the
+        // connection (and every worker on it) would wait forever.
+        tokio::select! {
+            _ = input.send(Bytes::copy_from_slice(data)) => Ok(()),
+            gone = until_gone(&self.socket, &running.output) => Err(gone),
+        }
+    }
+
+    async fn channel_eof(&mut self, channel: ChannelId, _: &mut Session) -> Result<(), Self::Error> {
+        if let Some(running) = self.running.get_mut(&channel) {
+            running.input = None;
         }
         Ok(())
     }
 
-    async fn channel_eof(&mut self, channel: ChannelId, _: &mut Session) -> Result<(), Self::Error> {
-        self.inputs.remove(&channel);
-        Ok(())
-    }
-
     async fn channel_close(&mut self, channel: ChannelId, _: &mut Session) -> Result<(), Self::Error> {
-        self.inputs.remove(&channel);
-        self.channels.remove(&channel);
+        self.running.remove(&channel);
+        self.opened.remove(&channel);
         Ok(())
     }
 
@@ -243,21 +395,71 @@ impl russh::server::Handler for Connection {
     }
 }
 
-impl Connection {
-    fn key_ok(&self, user: &str, key: &PublicKey) -> bool {
-        self.current().is_some_and(|c| c.key_matches(user, key))
+/// The client's socket, counting what it sends until the login: past `PREAUTH_BYTES` reads fail,
+/// which ends the connection.
+struct Metered {
+    socket: TcpStream,
+    read: u64,
+    authenticated: watch::Receiver<bool>,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.socket).poll_read(cx, buf);
+        if !*self.authenticated.borrow() {
+            self.read += (buf.filled().len() - before) as u64;
+            if self.read > PREAUTH_BYTES {
+                return Poll::Ready(Err(std::io::Error::other(format!("more than {PREAUTH_BYTES} bytes before logging in"))));
+            }
+        }
+        polled
     }
 }
 
-/// Accepts connections until `shutdown` resolves, then waits up to `grace` for running sessions.
+impl AsyncWrite for Metered {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
+
+/// Resolves when the login deadline passes without a login (never once logged in, or once the
+/// connection's handler is gone).
+async fn login_overdue(mut authenticated: watch::Receiver<bool>, deadline: Duration) {
+    let elapsed = tokio::time::timeout(deadline, authenticated.wait_for(|logged_in| *logged_in)).await.is_err();
+    if !elapsed {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// How one connection ended, for its closing log line and the source's penalty.
+fn penalty_for(logged_in: bool, overdue: bool, error: Option<&str>) -> Option<Penalty> {
+    match (logged_in, overdue) {
+        (true, _) => None,
+        (false, true) => Some(Penalty::LoginTooLong),
+        (false, false) if error.is_some_and(|e| e.contains("before logging in")) => Some(Penalty::LoginTooLong),
+        (false, false) => Some(Penalty::NoAuth),
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then waits up to `limits.grace` for running
+/// sessions.
 pub async fn serve(
     listener: TcpListener,
     credentials: watch::Receiver<State>,
     access: Arc<Access>,
     shutdown: impl std::future::Future<Output = ()>,
-    grace: Duration,
+    limits: Limits,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(Instant::now());
     let mut configs: Option<(Arc<Credentials>, Arc<russh::server::Config>)> = None;
     tokio::pin!(shutdown);
     loop {
@@ -272,9 +474,12 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(client = %peer, limit = MAX_CONNECTIONS, "too many connections; closing");
-            continue;
+        let startup = match admission.admit(peer.ip(), Instant::now()) {
+            Ok(startup) => startup,
+            Err(refusal) => {
+                tracing::info!(client = %peer, %refusal, "connection refused");
+                continue;
+            }
         };
         let current = credentials.borrow().clone();
         let creds = match current {
@@ -293,23 +498,57 @@ pub async fn serve(
             }
         };
         let _ = socket.set_nodelay(true);
+        let duplicate = match socket.as_fd().try_clone_to_owned() {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                tracing::warn!(client = %peer, error = %e, "closing connection: cannot duplicate its socket");
+                continue;
+            }
+        };
         let stats = Arc::new(Stats::default());
+        let (authenticated, logged_in) = watch::channel(false);
         let handler = Connection {
             credentials: credentials.clone(),
             access: access.clone(),
+            admission: admission.clone(),
             peer,
+            startup: Some(startup),
+            session: None,
+            authenticated,
+            socket: duplicate.clone(),
             user: None,
-            channels: HashMap::new(),
-            inputs: HashMap::new(),
+            opened: HashMap::new(),
+            running: HashMap::new(),
+            channel_slots: Arc::new(Semaphore::new(MAX_CHANNELS_PER_CONNECTION)),
             stats: stats.clone(),
         };
+        let admission = admission.clone();
+        let stream = Metered { socket, read: 0, authenticated: logged_in.clone() };
         tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let result = match russh::server::run_stream(config, socket, handler).await {
-                Ok(session) => session.await,
-                Err(e) => Err(e),
+            let started = Instant::now();
+            let session = async {
+                match russh::server::run_stream(config, stream, handler).await {
+                    Ok(session) => session.await,
+                    Err(e) => Err(e),
+                }
             };
-            let error = result.err().map(|e| e.to_string());
+            let (result, overdue) = tokio::select! {
+                result = session => (result, false),
+                () = login_overdue(logged_in.clone(), limits.login_deadline) => {
+                    // russh's session task sees EOF and ends; with it the handler and its slots.
+                    // SAFETY: shutdown on a socket we own a duplicate of.
+                    unsafe { libc::shutdown(duplicate.as_raw_fd(), libc::SHUT_RDWR) };
+                    (Ok(()), true)
+                }
+            };
+            let error = match (&result, overdue) {
+                (_, true) => Some(format!("not logged in within {} s", limits.login_deadline.as_secs())),
+                (Err(e), false) => Some(e.to_string()),
+                (Ok(()), false) => None,
+            };
+            if let Some(penalty) = penalty_for(*logged_in.borrow(), overdue, error.as_deref()) {
+                admission.penalize(peer.ip(), penalty, Instant::now());
+            }
             let user = stats.user.lock().unwrap_or_else(|e| e.into_inner()).take();
             tracing::info!(
                 target: "audit",
@@ -321,14 +560,12 @@ pub async fn serve(
                 error,
                 "session closed"
             );
-            drop(slot);
         });
     }
     // Closing the socket makes new clients fail fast instead of queueing in the backlog.
     drop(listener);
-    tracing::info!(grace_seconds = grace.as_secs(), "shutting down: no new connections, waiting for running sessions");
-    let all = MAX_CONNECTIONS as u32;
-    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+    tracing::info!(grace_seconds = limits.grace.as_secs(), "shutting down: no new connections, waiting for running sessions");
+    if tokio::time::timeout(limits.grace, admission.sessions_ended()).await.is_err() {
         tracing::warn!("grace period over; closing remaining sessions");
     }
 }

@@ -52,20 +52,6 @@ impl Drop for App {
     }
 }
 
-/// The server's SFTP workers right now.
-fn workers(server: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if status.contains(&format!("PPid:\t{server}\n")) && cmdline.windows(6).any(|w| w == b"\0sftp\0") {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// OPEN of `path` with `flags`: `Ok(())` when refused with PERMISSION_DENIED, else what the
 /// server answered.
 fn open_refused(session: &mut RawSftp, id: u32, path: &str, flags: u32) -> Result<(), String> {
@@ -83,9 +69,9 @@ fn open_refused(session: &mut RawSftp, id: u32, path: &str, flags: u32) -> Resul
 /// Runs the attack: session A opens the memory, environment and maps of the front end and of
 /// session B's worker through the served root, for reading and for writing.
 fn attack(server: &Server) {
-    let before = workers(server.pid());
+    let before = server.workers();
     let _victim = RawSftp::connect(server);
-    let victim_worker = workers(server.pid()).into_iter().find(|p| !before.contains(p)).expect("the victim's worker");
+    let victim_worker = server.workers().into_iter().find(|p| !before.contains(p)).expect("the victim's worker");
     let mut attacker = RawSftp::connect(server);
     let mut id = 0;
     let mut opened = Vec::new();

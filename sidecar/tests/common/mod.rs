@@ -117,6 +117,34 @@ impl Server {
         self.child.id()
     }
 
+    /// The server's SFTP worker processes right now.
+    pub fn workers(&self) -> Vec<u32> {
+        let parent = format!("PPid:\t{}\n", self.pid());
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if status.contains(&parent) && cmdline.windows(6).any(|w| w == b"\0sftp\0") {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// Waits up to `timeout` until no SFTP worker is left; panics naming the survivors.
+    pub fn wait_no_workers(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.workers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} worker(s) still running after {timeout:?}: {left:?}\nlog:\n{}", left.len(), self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits for the server to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
