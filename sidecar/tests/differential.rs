@@ -381,6 +381,10 @@ fn trailing_bytes_in_a_packet_are_ignored_like_openssh() {
         p.step("close with trailing bytes", fxp::CLOSE, &[&string(&handle), b"\x01\x02"]);
         p.extended_step("statvfs with trailing bytes", "statvfs@openssh.com", &[&string(b"."), b"more"]);
         p.extended_step("unknown extension", "nobody@example.com", &[b"anything"]);
+        p.sftp.send(1, &[&u32b(3)]);
+        let again = p.sftp.try_receive().map(|(kind, _)| kind);
+        p.log.push(format!("INIT again: {again:?}"));
+        p.path_op("stat after INIT again", fxp::STAT, "file");
         // A string running past the packet's end: both end the session.
         p.step("stat with a truncated name", fxp::STAT, &[&u32b(50), b"file"]);
     });

@@ -221,7 +221,7 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
             return Ok(());
         };
         match codec::decode(&first)? {
-            Packet::Init { .. } => self.reply(&Response::Version { extensions: requests::extensions() }, 0),
+            Packet::Init { .. } => self.reply(&version(), 0),
             Packet::Request { .. } => return Err(SessionError::NoInit),
         }
         Ok(())
@@ -277,7 +277,11 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
         loop {
             let Some(body) = read_packet(reader)? else { return Ok(None) };
             let (id, request) = match codec::decode(&body)? {
-                Packet::Init { .. } => return Err(SessionError::NoInit),
+                // OpenSSH answers a repeated INIT with VERSION again.
+                Packet::Init { .. } => {
+                    self.reply(&version(), 0);
+                    continue;
+                }
                 Packet::Request { id, request } => (id, request),
             };
             if self.ops.target_exited() {
@@ -425,6 +429,10 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
         }
         self.budget.release(cost);
     }
+}
+
+fn version() -> Response {
+    Response::Version { extensions: requests::extensions() }
 }
 
 /// Hands `object` to the next request in its handle's lane: that request's work when it can
