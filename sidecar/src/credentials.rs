@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use podsftp_contract::secret;
+use podsftp_contract::{password, secret};
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
@@ -77,10 +77,7 @@ impl Credentials {
 }
 
 fn random_password() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut bytes = [0u8; 24];
-    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    password::generate(|bytes| rustix::rand::getrandom(bytes, rustix::rand::GetRandomFlags::empty()).map(drop)).expect("getrandom")
 }
 
 /// Parses `authorized_keys`: comments and blank lines skipped, leading options (which may

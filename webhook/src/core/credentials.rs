@@ -2,14 +2,13 @@
 //! Existing values are never replaced (a user-created Secret stays the user's).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
+use podsftp_contract::password;
+pub use podsftp_contract::secret::*;
 use ssh_key::rand_core::{OsRng, RngCore};
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
-pub use podsftp_contract::secret::*;
-
-const PASSWORD_LENGTH: usize = 32;
-const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -17,19 +16,13 @@ pub enum CredentialsError {
     Key(#[from] ssh_key::Error),
 }
 
-/// A password of [`PASSWORD_LENGTH`] characters drawn uniformly from the OS RNG (rejection
-/// sampling, no modulo bias); the alphabet leaves out look-alike characters.
+/// A login password from the OS RNG (the rules are the contract's).
 pub fn random_password() -> String {
-    let limit = 256 - (256 % PASSWORD_ALPHABET.len());
-    let mut password = String::with_capacity(PASSWORD_LENGTH);
-    while password.len() < PASSWORD_LENGTH {
-        let mut byte = [0u8; 1];
-        OsRng.fill_bytes(&mut byte);
-        if (byte[0] as usize) < limit {
-            password.push(PASSWORD_ALPHABET[byte[0] as usize % PASSWORD_ALPHABET.len()] as char);
-        }
-    }
-    password
+    password::generate(|bytes| {
+        OsRng.fill_bytes(bytes);
+        Ok::<_, Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {})
 }
 
 fn key_pair(comment: &str) -> Result<(String, String), CredentialsError> {
