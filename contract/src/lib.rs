@@ -82,3 +82,41 @@ impl ServeArgs<'_> {
         args
     }
 }
+
+/// Generated login passwords (the webhook's Secrets, the sidecar's local try-out).
+pub mod password {
+    pub const LENGTH: usize = 32;
+    /// No look-alike characters (0/O, 1/l/I): people read these passwords off screens.
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    /// Bytes at or above this would make the first characters likelier (modulo bias): skipped.
+    const UNBIASED_LIMIT: usize = 256 - 256 % ALPHABET.len();
+
+    /// A password of [`LENGTH`] characters drawn uniformly from the bytes `fill` writes (the
+    /// caller's OS random source), by rejection sampling.
+    pub fn generate<E>(mut fill: impl FnMut(&mut [u8]) -> Result<(), E>) -> Result<String, E> {
+        let mut password = String::with_capacity(LENGTH);
+        let mut bytes = [0u8; LENGTH];
+        while password.len() < LENGTH {
+            fill(&mut bytes)?;
+            let usable = bytes.iter().map(|&b| usize::from(b)).filter(|&b| b < UNBIASED_LIMIT);
+            password.extend(usable.map(|b| char::from(ALPHABET[b % ALPHABET.len()])).take(LENGTH - password.len()));
+        }
+        Ok(password)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::convert::Infallible;
+
+        #[test]
+        fn bytes_that_would_bias_are_skipped() {
+            // 255 % 56 = 31 would favour the alphabet's first 32 characters; it must be skipped.
+            let mut next = [255u8, 0].into_iter().cycle();
+            let password = super::generate(|bytes| {
+                bytes.iter_mut().for_each(|b| *b = next.next().unwrap_or(0));
+                Ok::<_, Infallible>(())
+            });
+            assert_eq!(password, Ok("A".repeat(super::LENGTH)));
+        }
+    }
+}
