@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,9 +18,7 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_podsftp-sidecar")
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use podsftp_test_support::free_port;
 
 fn keygen(path: &Path) {
     let status = Command::new("ssh-keygen")
@@ -207,15 +205,9 @@ impl Server {
         cmd.output().expect("run sftp")
     }
 
+    /// Status and body of a GET on the health port (status 0: no HTTP answer).
     pub fn http(&self, path: &str) -> (u16, String) {
-        use std::io::Read;
-        let mut s = TcpStream::connect(("127.0.0.1", self.health_port)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (code, body)
+        podsftp_test_support::http_get(SocketAddr::from(([127, 0, 0, 1], self.health_port)), path).unwrap_or_default()
     }
 
     /// Waits until /readyz answers `code` (the server probes every few seconds).

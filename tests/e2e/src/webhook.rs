@@ -5,38 +5,16 @@
 //!
 //! Both guards clean up when dropped (process killed, configuration deleted), also on failure.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub use podsftp_test_support::{free_address, free_port, http_get};
 use podsftp_webhook::pki::{CA_VALIDITY, SERVING_VALIDITY, issue_serving, new_ca};
 use serde_json::{Value, json};
 
 use crate::helm::{eventually, kubectl_apply, release_binary, try_run};
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-/// `127.0.0.1:<free port>`.
-pub fn free_address() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-/// Status code and body of a plain-HTTP GET (for `/healthz`, `/readyz`, `/metrics`).
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-    Some((status, body))
-}
 
 /// The value of a counter line `name{labels} value` (or `name value`) in Prometheus text.
 pub fn metric_value(metrics_text: &str, series: &str) -> f64 {
