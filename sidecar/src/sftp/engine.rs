@@ -318,46 +318,49 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
                 return Some(Work::Paths(job));
             }
         };
-        let open = |h: &[u8]| state.handles.get(h).is_some_and(|e| !e.closing);
-        if !open(&first) || second.as_deref().is_some_and(|h| !open(h)) {
-            drop(state);
-            self.reply(&status(job.id, requests::invalid_handle(job.request.kind()), "invalid handle"), job.cost);
-            return None;
-        }
-        let Some(second) = second else {
-            let entry = state.handles.get_mut(&first)?;
-            entry.closing = job.request.kind() == Kind::Close;
-            return match entry.object.take() {
-                Some(object) => Some(Work::Handle { handle: first, object, job }),
-                None => {
-                    entry.queue.push_back(Queued::Own(job));
-                    None
+        let refusal = match second {
+            None => match state.handles.get_mut(&first).filter(|e| !e.closing) {
+                Some(entry) => {
+                    entry.closing = job.request.kind() == Kind::Close;
+                    return match entry.object.take() {
+                        Some(object) => Some(Work::Handle { handle: first, object, job }),
+                        None => {
+                            entry.queue.push_back(Queued::Own(job));
+                            None
+                        }
+                    };
                 }
-            };
-        };
-        if first == second {
+                None => (requests::invalid_handle(job.request.kind()), "invalid handle"),
+            },
             // One object cannot be lent twice; OpenSSH refuses this too.
-            drop(state);
-            self.reply(&status(job.id, StatusCode::Failure, "the same handle twice"), job.cost);
-            return None;
-        }
-        let key = state.next_joint;
-        state.next_joint += 1;
-        let mut joint = Joint { job, handles: [first, second], objects: [None, None] };
-        for (handle, slot) in joint.handles.iter().zip(&mut joint.objects) {
-            let entry = state.handles.get_mut(handle)?;
-            match entry.object.take() {
-                Some(object) => *slot = Some(object),
-                None => entry.queue.push_back(Queued::Joint(key)),
+            Some(second) if second == first => (StatusCode::Failure, "the same handle twice"),
+            Some(second) => {
+                let key = state.next_joint;
+                match state.handles.get_disjoint_mut([&first, &second]) {
+                    [Some(a), Some(b)] if !a.closing && !b.closing => {
+                        let mut objects = [None, None];
+                        for (entry, slot) in [a, b].into_iter().zip(&mut objects) {
+                            match entry.object.take() {
+                                Some(object) => *slot = Some(object),
+                                None => entry.queue.push_back(Queued::Joint(key)),
+                            }
+                        }
+                        state.next_joint += 1;
+                        return match objects {
+                            [Some(a), Some(b)] => Some(Work::Joint { handles: [first, second], objects: [a, b], job }),
+                            objects => {
+                                state.joints.insert(key, Joint { job, handles: [first, second], objects });
+                                None
+                            }
+                        };
+                    }
+                    _ => (requests::invalid_handle(job.request.kind()), "invalid handle"),
+                }
             }
-        }
-        match joint.objects {
-            [Some(a), Some(b)] => Some(Work::Joint { handles: joint.handles, objects: [a, b], job: joint.job }),
-            objects => {
-                state.joints.insert(key, Joint { objects, ..joint });
-                None
-            }
-        }
+        };
+        drop(state);
+        self.reply(&status(job.id, refusal.0, refusal.1), job.cost);
+        None
     }
 
     /// Runs the claimed request, then whatever queued up behind it in the same lanes.
