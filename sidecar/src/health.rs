@@ -47,7 +47,7 @@ pub fn readiness(credentials: watch::Receiver<State>, access: Arc<Access>) -> wa
 /// SIGTERM grace period, while running sessions finish.
 pub async fn serve(listener: TcpListener, ready: watch::Receiver<Result<(), String>>, stopping: watch::Receiver<bool>) {
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else { continue };
+        let Some((mut socket, _)) = crate::listener::accept(&listener).await else { continue };
         let ready = ready.clone();
         let stopping = *stopping.borrow();
         tokio::spawn(async move {
@@ -59,7 +59,9 @@ pub async fn serve(listener: TcpListener, ready: watch::Receiver<Result<(), Stri
                         Ok(0) | Err(_) => break,
                         Ok(n) => len += n,
                     }
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || buf[..len].contains(&b'\n') {
+                    // The whole head: closing with unread bytes would reset the connection, and
+                    // the prober could lose the answer.
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
                         break;
                     }
                 }

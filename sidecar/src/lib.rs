@@ -6,7 +6,7 @@
 //! target and starting workers), `worker` (one SFTP session in its own process, after taking
 //! the target's identity), `sftp` (protocol), `confined` (every path operation), `target`
 //! (finding and describing the process to serve), `privilege` (dropping to the target's
-//! identity), `credentials` (the watched credentials directory), `health` (probes), `visible`
+//! identity), `credentials` (the watched credentials directory), `health` (probes), `listener` (accepting connections), `visible`
 //! (client bytes in log lines).
 
 pub mod access;
@@ -14,6 +14,7 @@ pub mod admission;
 pub mod confined;
 pub mod credentials;
 pub mod health;
+pub mod listener;
 pub mod privilege;
 pub mod sftp;
 pub mod ssh;
