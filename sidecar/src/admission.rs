@@ -20,7 +20,8 @@ pub const MAX_STARTUPS: usize = 32;
 pub const MAX_STARTUPS_PER_SOURCE: usize = 8;
 /// Penalty per failed password or key check (OpenSSH: `authfail:5s`).
 pub const PENALTY_AUTH_FAIL: Duration = Duration::from_secs(5);
-/// Penalty for a connection that ended without logging in (`noauth:1s`).
+/// Penalty for a connection that ended without logging in (`noauth:1s`), and for one refused
+/// because its source is penalized (OpenSSH's optional `refuseconnection`).
 pub const PENALTY_NO_AUTH: Duration = Duration::from_secs(1);
 /// Penalty for a connection closed by the login deadline or the pre-login byte budget
 /// (`grace-exceeded:10s`).
@@ -119,7 +120,13 @@ impl Admission {
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Startup, Refusal> {
         let source = source_of(ip);
         let mut state = self.lock();
-        check_penalty(&state, source, now)?;
+        if let Err(refusal) = check_penalty(&state, source, now) {
+            // Connecting while penalized counts as a connection without login: a source that
+            // keeps hammering stays refused instead of getting a few guesses whenever its
+            // penalty dips below the minimum.
+            state.add_penalty(source, Penalty::NoAuth, now);
+            return Err(refusal);
+        }
         if self.sessions.available_permits() == 0 {
             return Err(Refusal::TooManySessions);
         }
@@ -156,21 +163,25 @@ impl Admission {
 
     /// Adds `penalty` to the source's running penalty (capped at `PENALTY_MAX`).
     pub fn penalize(&self, ip: IpAddr, penalty: Penalty, now: Instant) {
-        let source = source_of(ip);
-        let mut state = self.lock();
-        if state.penalties.len() >= MAX_PENALIZED_SOURCES && !state.penalties.contains_key(&source) {
-            state.penalties.retain(|_, until| *until > now);
-            if state.penalties.len() >= MAX_PENALIZED_SOURCES {
-                return;
-            }
-        }
-        let until = state.penalties.entry(source).or_insert(now);
-        *until = ((*until).max(now) + penalty.duration()).min(now + PENALTY_MAX);
+        self.lock().add_penalty(source_of(ip), penalty, now);
     }
 
     /// Waits until every authenticated session has ended.
     pub async fn sessions_ended(&self) {
         let _ = self.sessions.acquire_many(MAX_SESSIONS as u32).await;
+    }
+}
+
+impl State {
+    fn add_penalty(&mut self, source: IpAddr, penalty: Penalty, now: Instant) {
+        if self.penalties.len() >= MAX_PENALIZED_SOURCES && !self.penalties.contains_key(&source) {
+            self.penalties.retain(|_, until| *until > now);
+            if self.penalties.len() >= MAX_PENALIZED_SOURCES {
+                return;
+            }
+        }
+        let until = self.penalties.entry(source).or_insert(now);
+        *until = ((*until).max(now) + penalty.duration()).min(now + PENALTY_MAX);
     }
 }
 
@@ -254,10 +265,15 @@ mod tests {
             admission.penalize(attacker, Penalty::AuthFail, now);
         }
         admission.penalize(attacker, Penalty::AuthFail, now);
-        assert!(matches!(admission.admit(attacker, now).err(), Some(Refusal::Penalized { seconds: 20 })));
-        assert!(matches!(admission.may_try(attacker, now), Err(Refusal::Penalized { .. })));
+        assert!(matches!(admission.may_try(attacker, now), Err(Refusal::Penalized { seconds: 20 })));
         assert!(admission.admit(ip("192.0.2.8"), now).is_ok(), "other sources are not penalized");
         assert!(admission.admit(attacker, now + Duration::from_secs(6)).is_ok(), "20 s decays to 14 s");
+        // Connecting while penalized keeps the penalty up (1 s per refused connection).
+        admission.penalize(attacker, Penalty::AuthFail, now);
+        for second in 0..30 {
+            let at = now + Duration::from_secs(second);
+            assert!(matches!(admission.admit(attacker, at).err(), Some(Refusal::Penalized { .. })), "refused at {second} s");
+        }
         for _ in 0..1000 {
             admission.penalize(attacker, Penalty::AuthFail, now);
         }

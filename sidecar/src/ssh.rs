@@ -32,7 +32,7 @@ use tokio::process::{Child, ChildStdout};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::access::Access;
-use crate::admission::{Admission, Penalty, Startup};
+use crate::admission::{Admission, Penalty, Refusal, Startup};
 use crate::credentials::{Credentials, State};
 
 /// Channels (and their workers, until they have exited) per connection, like OpenSSH's
@@ -143,15 +143,26 @@ impl Connection {
         self.credentials.borrow().as_ref().ok().cloned()
     }
 
-    /// Whether this source may try to log in right now (its penalty may have begun after it
-    /// connected); a refusal is logged.
-    fn may_try(&self, user: &str, method: &str) -> bool {
+    /// Whether this source may try to log in right now: `Ok(None)` to go on checking, a
+    /// rejection without a check when password checks are over the global rate, and an error
+    /// (ending the connection) when the source is penalized, so its connections still open
+    /// cannot go on guessing.
+    fn may_try(&self, user: &str, method: &str) -> Result<Option<Auth>, russh::Error> {
         let checked = if method == "password" {
             self.admission.may_check_password(self.peer.ip(), Instant::now())
         } else {
             self.admission.may_try(self.peer.ip(), Instant::now())
         };
-        checked.map_err(|refusal| tracing::info!(user, client = %self.peer, method, %refusal, "login attempt refused")).is_ok()
+        match checked {
+            Ok(()) => Ok(None),
+            Err(refusal) => {
+                tracing::info!(user, client = %self.peer, method, %refusal, "login attempt refused");
+                match refusal {
+                    Refusal::Penalized { .. } => Err(russh::Error::Disconnect),
+                    _ => Ok(Some(Auth::reject())),
+                }
+            }
+        }
     }
 
     fn accepted(&mut self, user: &str, method: &str) -> Auth {
@@ -290,8 +301,8 @@ impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        if !self.may_try(user, "password") {
-            return Ok(Auth::reject());
+        if let Some(refused) = self.may_try(user, "password")? {
+            return Ok(refused);
         }
         match self.current() {
             Some(c) if c.password_matches(user, password) => Ok(self.accepted(user, "password")),
@@ -304,8 +315,8 @@ impl russh::server::Handler for Connection {
     }
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        if !self.may_try(user, "publickey") {
-            return Ok(Auth::reject());
+        if let Some(refused) = self.may_try(user, "publickey")? {
+            return Ok(refused);
         }
         if self.key_ok(user, key.public_key) { Ok(self.accepted(user, "publickey")) } else { Ok(self.refuse(user, "publickey")) }
     }
