@@ -5,21 +5,24 @@
 //! Secret changes, so the directory is polled (its files are tiny) rather than single files
 //! watched. Missing or broken credentials mean "serve nothing, not ready", never a crash.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use podsftp_contract::{password, secret};
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
+use crate::authorized_keys::{self, AuthorizedKey};
+
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Credentials {
     pub username: String,
     password: Option<String>,
-    authorized_keys: Vec<PublicKey>,
+    authorized_keys: Vec<AuthorizedKey>,
     pub host_key: PrivateKey,
 }
 
@@ -58,10 +61,19 @@ impl Credentials {
         bool::from(user_ok & password_ok)
     }
 
-    pub fn key_matches(&self, user: &str, key: &PublicKey) -> bool {
+    /// Whether `key` may log in as `user` from `client` now: listed, and its `from=` and
+    /// `expiry-time=` allow it.
+    pub fn key_matches(&self, user: &str, key: &PublicKey, client: IpAddr) -> bool {
         let user_ok = bool::from(user.as_bytes().ct_eq(self.username.as_bytes()));
-        let key_ok = self.authorized_keys.iter().any(|k| k.key_data() == key.key_data());
-        user_ok && key_ok
+        let mut listed = self.authorized_keys.iter().filter(|k| k.key.key_data() == key.key_data()).peekable();
+        if listed.peek().is_none() {
+            return false;
+        }
+        let allowed = listed.any(|k| k.allows(client, SystemTime::now()));
+        if !allowed {
+            tracing::info!(%client, "an authorized key was offered, but its from= or expiry-time= refuses this login");
+        }
+        user_ok && allowed
     }
 
     /// For local use without `--credentials`: a random password and host key.
@@ -80,28 +92,23 @@ fn random_password() -> String {
     password::generate(|bytes| rustix::rand::getrandom(bytes, rustix::rand::GetRandomFlags::empty()).map(drop)).expect("getrandom")
 }
 
-/// Parses `authorized_keys`: comments and blank lines skipped, leading options (which may
-/// contain quoted spaces) skipped by trying each token as the start of the key. Options are
-/// not applied: this server offers nothing they could restrict beyond SFTP itself.
-pub fn parse_authorized_keys(text: &str) -> Vec<PublicKey> {
+/// Parses `authorized_keys`: comments and blank lines skipped; a line whose options podsftp
+/// does not enforce (or holds no key) is refused with one log line saying why.
+pub fn parse_authorized_keys(text: &str) -> Vec<AuthorizedKey> {
     let mut keys = Vec::new();
-    for line in text.lines().map(str::trim) {
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        // After each whitespace character, which may be wider than a byte (U+00A0 from a
-        // copied web page).
-        let starts = std::iter::once(0).chain(line.match_indices(char::is_whitespace).map(|(i, ws)| i + ws.len()));
-        let mut parsed = None;
-        for start in starts {
-            if let Ok(key) = PublicKey::from_openssh(line[start..].trim_start()) {
-                parsed = Some(key);
-                break;
+        match authorized_keys::parse_line(line) {
+            Ok(key) => {
+                if let Some(restrictions) = key.restrictions() {
+                    tracing::info!(line = index + 1, %restrictions, "authorized_keys: key restricted");
+                }
+                keys.push(key)
             }
-        }
-        match parsed {
-            Some(key) => keys.push(key),
-            None => tracing::warn!("authorized_keys: skipping a line that holds no OpenSSH public key"),
+            Err(reason) => tracing::warn!(line = index + 1, %reason, "authorized_keys: key refused"),
         }
     }
     keys
@@ -192,7 +199,8 @@ mod tests {
 
     #[test]
     fn authorized_keys_with_options_comments_and_garbage() {
-        let text = format!("# comment\n\n{KEY}\nno-pty,command=\"echo a b\" {KEY}\nnot a key\n");
+        // A forced command cannot be honoured: that key is refused, not given SFTP.
+        let text = format!("# comment\n\n{KEY}\nno-pty,command=\"echo a b\" {KEY}\nno-pty {KEY}\nnot a key\n");
         assert_eq!(parse_authorized_keys(&text).len(), 2);
     }
 

@@ -6,11 +6,13 @@
 //! target and starting workers), `worker` (one SFTP session in its own process, after taking
 //! the target's identity), `sftp` (protocol), `confined` (every path operation), `target`
 //! (finding and describing the process to serve), `privilege` (dropping to the target's
-//! identity), `credentials` (the watched credentials directory), `health` (probes), `listener` (accepting connections), `visible`
+//! identity), `credentials` (the watched credentials directory), `authorized_keys` (its key lines and
+//! their options), `health` (probes), `listener` (accepting connections), `visible`
 //! (client bytes in log lines).
 
 pub mod access;
 pub mod admission;
+pub mod authorized_keys;
 pub mod confined;
 pub mod credentials;
 pub mod health;

@@ -190,7 +190,7 @@ impl Connection {
     }
 
     fn key_ok(&self, user: &str, key: &PublicKey) -> bool {
-        self.current().is_some_and(|c| c.key_matches(user, key))
+        self.current().is_some_and(|c| c.key_matches(user, key, self.peer.ip()))
     }
 
     async fn start_sftp(&mut self, channel_id: ChannelId, session: &mut Session) -> Result<(), String> {
