@@ -120,8 +120,47 @@ struct Snapshot(Vec<Option<Vec<u8>>>);
 
 const FILES: [&str; 4] = [secret::USERNAME, secret::PASSWORD, secret::AUTHORIZED_KEYS, secret::HOST_KEY];
 
-fn snapshot(dir: &Path) -> Snapshot {
-    Snapshot(FILES.iter().map(|f| std::fs::read(dir.join(f)).ok()).collect())
+/// The files as they are now; `None` when one cannot be read for lack of resources (out of
+/// descriptors or memory), which says nothing about the credentials: the poll is skipped.
+fn snapshot(dir: &Path) -> Option<Snapshot> {
+    let mut files = Vec::with_capacity(FILES.len());
+    for file in FILES {
+        match std::fs::read(dir.join(file)) {
+            Ok(content) => files.push(Some(content)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)) => {
+                tracing::warn!(error = %e, "cannot read the credentials now; keeping the current ones");
+                return None;
+            }
+            Err(_) => files.push(None),
+        }
+    }
+    Some(Snapshot(files))
+}
+
+/// Descriptors set aside for reading the credentials: when connections and workers have used up
+/// every descriptor, a reload must still open its files, or a rotated password would not take
+/// effect (reading needs one at a time; the rest is margin).
+struct Reserve(Vec<std::fs::File>);
+
+const RESERVED_DESCRIPTORS: usize = 4;
+
+impl Reserve {
+    fn fill(&mut self) {
+        while self.0.len() < RESERVED_DESCRIPTORS {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => self.0.push(file),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Frees the reserved descriptors for the duration of `read`.
+    fn around<T>(&mut self, read: impl FnOnce() -> T) -> T {
+        self.0.clear();
+        let result = read();
+        self.fill();
+        result
+    }
 }
 
 pub fn load(dir: &Path) -> Result<Credentials, CredentialsError> {
@@ -160,15 +199,20 @@ pub fn watch_dir(dir: PathBuf) -> watch::Receiver<State> {
     report(&first);
     let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
+        let mut reserve = Reserve(Vec::new());
+        reserve.fill();
         let mut last = snapshot(&dir);
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
-            let now = snapshot(&dir);
-            if now == last {
-                continue;
-            }
-            last = now;
-            let state = load_state(&dir);
+            let changed = reserve.around(|| {
+                let now = snapshot(&dir)?;
+                if Some(&now) == last.as_ref() {
+                    return None;
+                }
+                last = Some(now);
+                Some(load_state(&dir))
+            });
+            let Some(state) = changed else { continue };
             report(&state);
             if tx.send(state).is_err() {
                 return;

@@ -121,7 +121,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The soft descriptor limit raised to the hard one: at its limits the front end holds about
+/// 2,100 descriptors (96 connections with a duplicate each, 640 workers with two pipes and a
+/// pidfd each), and containers often start with a soft limit of 1,024. Returns the limit now.
+fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    match setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum }) {
+        Ok(()) => limit.maximum,
+        Err(_) => limit.current,
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let descriptor_limit = raise_descriptor_limit();
     let target = match (args.container, args.pid, args.dir) {
         (Some(name), _, _) => Target::Container(name),
         (_, Some(pid), _) => Target::Pid(pid),
@@ -143,7 +156,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, target = %access.describe(), read_only = args.read_only, version = env!("CARGO_PKG_VERSION"), "serving SFTP");
+    tracing::info!(listen = %args.listen, target = %access.describe(), read_only = args.read_only, descriptor_limit, version = env!("CARGO_PKG_VERSION"), "serving SFTP");
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = args.health_listen {
         let health = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;

@@ -5,6 +5,7 @@ mod common;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -71,4 +72,36 @@ fn credentials_appear_later_and_rotate_without_restart() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     assert!(!server.sftp_batch("ls\n").status.success(), "old password still works");
+}
+
+/// Out of descriptors (idle connections hold every one the process may have), a rotated
+/// password still takes effect: the reload has descriptors set aside, and a file it cannot open
+/// for lack of descriptors never replaces working credentials with "none".
+#[test]
+fn rotation_takes_effect_while_connections_hold_every_descriptor() {
+    let served = tempfile::tempdir().unwrap();
+    let creds = Credentials::new();
+    let server = Server::start_wrapped(creds, &["prlimit", "--nofile=48", "--"], Path::new(bin()), &["--dir", served.path().to_str().unwrap()]);
+    // 32 connections may be logging in at once (8 per address), two descriptors each.
+    let idle: Vec<_> = (2..=6).flat_map(|last| (0..8).map(move |_| std::net::Ipv4Addr::new(127, 0, 0, last)))
+        .map(|source| connect_from(source, server.port))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("Too many open files") {
+        assert!(Instant::now() < deadline, "descriptors were not exhausted\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(server.creds.dir.path().join("password"), "rotated-while-exhausted-42").unwrap();
+    while server.log().matches("credentials loaded").count() < 2 {
+        assert!(Instant::now() < deadline + Duration::from_secs(10), "rotation not loaded while out of descriptors\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(idle);
+    let login = server.with_password("sftp", "rotated-while-exhausted-42")
+        .args(["-P", &server.port.to_string(), "-b", "/dev/null"])
+        .arg(server.destination())
+        .output()
+        .unwrap();
+    assert_ok(&login, "login with the rotated password once descriptors are free");
+    assert!(!server.log().contains("no usable credentials"), "{}", server.log());
 }

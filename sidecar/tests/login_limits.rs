@@ -7,35 +7,12 @@ mod common;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-
-/// A TCP connection to the server from `source` (any 127/8 address is local).
-fn connect_from(source: Ipv4Addr, port: u16) -> TcpStream {
-    let address = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    };
-    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a fresh socket, owned by the TcpStream from here; the addresses live across the calls.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = address(source, 0);
-        assert_eq!(libc::bind(fd, (&raw const local).cast(), size), 0, "bind {source}: {}", std::io::Error::last_os_error());
-        let remote = address(Ipv4Addr::LOCALHOST, port);
-        assert_eq!(libc::connect(fd, (&raw const remote).cast(), size), 0, "connect: {}", std::io::Error::last_os_error());
-        stream
-    }
-}
 
 /// Reads until the server closes the connection; false if it is still open at `deadline`.
 fn closed_by(mut stream: TcpStream, deadline: Instant) -> bool {

@@ -3,7 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -262,5 +263,27 @@ pub fn random_file(path: &Path, size: usize) {
         let n = bytes.len().min(size - written);
         f.write_all(&bytes[..n]).unwrap();
         written += n;
+    }
+}
+
+/// A TCP connection to the server from `source` (any 127/8 address is local).
+pub fn connect_from(source: Ipv4Addr, port: u16) -> TcpStream {
+    let address = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, owned by the TcpStream from here; the addresses live across the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = address(source, 0);
+        assert_eq!(libc::bind(fd, (&raw const local).cast(), size), 0, "bind {source}: {}", std::io::Error::last_os_error());
+        let remote = address(Ipv4Addr::LOCALHOST, port);
+        assert_eq!(libc::connect(fd, (&raw const remote).cast(), size), 0, "connect: {}", std::io::Error::last_os_error());
+        stream
     }
 }
