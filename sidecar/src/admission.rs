@@ -34,9 +34,10 @@ pub const PENALTY_MAX: Duration = Duration::from_secs(600);
 /// Sources remembered with a penalty; beyond that new sources go unpenalized, like OpenSSH's
 /// `overflow:permissive`, so the table stays small under a spoofed-source flood.
 const MAX_PENALIZED_SOURCES: usize = 65_536;
-/// Password checks per second from all sources together, and the burst allowed.
+/// Password checks per second from all sources together (a distributed guesser's ceiling:
+/// 36,000 an hour), and the burst allowed: every session slot can fill at once.
 pub const PASSWORD_CHECKS_PER_SECOND: f64 = 10.0;
-const PASSWORD_CHECK_BURST: f64 = 30.0;
+const PASSWORD_CHECK_BURST: f64 = MAX_SESSIONS as f64;
 
 /// Why a connection or a login attempt is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -285,7 +286,7 @@ mod tests {
     fn password_checks_are_rate_limited_globally() {
         let now = Instant::now();
         let admission = Admission::new(now);
-        let allowed = (0..100).filter(|i| admission.may_check_password(ip(&format!("198.51.100.{i}")), now).is_ok()).count();
+        let allowed = (0..200).filter(|i| admission.may_check_password(ip(&format!("198.51.100.{i}")), now).is_ok()).count();
         assert_eq!(allowed, PASSWORD_CHECK_BURST as usize);
         assert_eq!(admission.may_check_password(ip("203.0.113.1"), now), Err(Refusal::PasswordRateExceeded));
         assert!(admission.may_check_password(ip("203.0.113.1"), now + Duration::from_millis(100)).is_ok());
