@@ -87,8 +87,7 @@ fn source_of(ip: IpAddr) -> IpAddr {
 struct State {
     startups: HashMap<IpAddr, usize>,
     startups_total: usize,
-    /// Until when each penalized source's penalty runs.
-    penalties: HashMap<IpAddr, Instant>,
+    penalties: HashMap<IpAddr, SourcePenalty>,
     password_tokens: f64,
     tokens_at: Instant,
 }
@@ -173,22 +172,34 @@ impl Admission {
     }
 }
 
+/// One source's running penalty.
+struct SourcePenalty {
+    until: Instant,
+    /// Once the penalty exceeded `PENALTY_MIN` the source is refused until it has run out
+    /// (OpenSSH's model), not merely while it stays above the minimum.
+    enforced: bool,
+}
+
 impl State {
     fn add_penalty(&mut self, source: IpAddr, penalty: Penalty, now: Instant) {
         if self.penalties.len() >= MAX_PENALIZED_SOURCES && !self.penalties.contains_key(&source) {
-            self.penalties.retain(|_, until| *until > now);
+            self.penalties.retain(|_, p| p.until > now);
             if self.penalties.len() >= MAX_PENALIZED_SOURCES {
                 return;
             }
         }
-        let until = self.penalties.entry(source).or_insert(now);
-        *until = ((*until).max(now) + penalty.duration()).min(now + PENALTY_MAX);
+        let entry = self.penalties.entry(source).or_insert(SourcePenalty { until: now, enforced: false });
+        if entry.until <= now {
+            *entry = SourcePenalty { until: now, enforced: false };
+        }
+        entry.until = (entry.until + penalty.duration()).min(now + PENALTY_MAX);
+        entry.enforced |= entry.until.saturating_duration_since(now) > PENALTY_MIN;
     }
 }
 
 fn check_penalty(state: &State, source: IpAddr, now: Instant) -> Result<(), Refusal> {
-    match state.penalties.get(&source).map(|until| until.saturating_duration_since(now)) {
-        Some(left) if left > PENALTY_MIN => Err(Refusal::Penalized { seconds: left.as_secs() }),
+    match state.penalties.get(&source) {
+        Some(p) if p.enforced && p.until > now => Err(Refusal::Penalized { seconds: p.until.saturating_duration_since(now).as_secs() }),
         _ => Ok(()),
     }
 }
@@ -257,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn penalties_accumulate_start_above_the_minimum_decay_and_are_capped() {
+    fn penalties_accumulate_are_enforced_above_the_minimum_until_they_run_out_and_are_capped() {
         let now = Instant::now();
         let admission = Admission::new(now);
         let attacker = ip("192.0.2.7");
@@ -268,9 +279,16 @@ mod tests {
         admission.penalize(attacker, Penalty::AuthFail, now);
         assert!(matches!(admission.may_try(attacker, now), Err(Refusal::Penalized { seconds: 20 })));
         assert!(admission.admit(ip("192.0.2.8"), now).is_ok(), "other sources are not penalized");
-        assert!(admission.admit(attacker, now + Duration::from_secs(6)).is_ok(), "20 s decays to 14 s");
+        // Once enforced, the source stays refused until the whole penalty has run out.
+        assert!(admission.may_try(attacker, now + Duration::from_secs(19)).is_err(), "enforced until it runs out");
+        let later = now + Duration::from_secs(21);
+        assert!(admission.admit(attacker, later).is_ok(), "20 s have run out");
+        admission.penalize(attacker, Penalty::AuthFail, later);
+        assert!(admission.may_try(attacker, later).is_ok(), "a fresh start after the penalty ran out");
         // Connecting while penalized keeps the penalty up (1 s per refused connection).
-        admission.penalize(attacker, Penalty::AuthFail, now);
+        for _ in 0..4 {
+            admission.penalize(attacker, Penalty::AuthFail, now);
+        }
         for second in 0..30 {
             let at = now + Duration::from_secs(second);
             assert!(matches!(admission.admit(attacker, at).err(), Some(Refusal::Penalized { .. })), "refused at {second} s");
