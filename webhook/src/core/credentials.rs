@@ -25,7 +25,8 @@ pub fn random_password() -> String {
     .unwrap_or_else(|never| match never {})
 }
 
-fn key_pair(comment: &str) -> Result<(String, String), CredentialsError> {
+/// A new Ed25519 key pair: (OpenSSH private key, public key line).
+pub fn key_pair(comment: &str) -> Result<(String, String), CredentialsError> {
     let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)?;
     key.set_comment(comment);
     Ok((key.to_openssh(LineEnding::LF)?.to_string(), key.public_key().to_openssh()?))
