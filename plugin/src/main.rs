@@ -145,3 +145,29 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent_and_passes_sftp_arguments_through() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["kubectl-sftp", "connect", "deploy/web", "-n", "shop", "--", "-b", "-"]).expect("parse");
+        assert_eq!(cli.namespace.as_deref(), Some("shop"));
+        assert!(matches!(cli.command, Command::Connect { ref sftp_args, .. } if sftp_args == &["-b", "-"]));
+        assert!(Cli::try_parse_from(["kubectl-sftp", "login", "svc/web"]).is_err(), "a Service is not a workload");
+    }
+
+    /// krew's conventions: plugin `sftp` is the binary `kubectl-sftp`, named so in the manifest.
+    #[test]
+    fn krew_manifest_names_this_binary() {
+        let manifest = include_str!("../../plugins/sftp.yaml");
+        assert_eq!(env!("CARGO_BIN_NAME"), "kubectl-sftp");
+        assert!(manifest.contains("\nkind: Plugin\nmetadata:\n  name: sftp\n"), "{manifest}");
+        assert!(manifest.contains(&format!("bin: {}\n", env!("CARGO_BIN_NAME"))));
+        assert!(manifest.contains(&format!("version: v{}\n", env!("CARGO_PKG_VERSION"))));
+    }
+}
