@@ -438,6 +438,36 @@ fn error_codes_match_openssh() {
     });
 }
 
+#[test]
+fn paths_of_path_max_bytes_or_more_are_refused_like_openssh() {
+    compare(|p| {
+        // A name padded with slashes to `len` bytes: 4096 is not a path (PATH_MAX counts the
+        // terminating NUL), 262,000 nearly fills a packet; 4000 is one. (Thousands of slashes
+        // after a missing name, or as a rename's target, are answered differently below the
+        // limit: a trailing-slash matter, left out here.)
+        for len in [4000, 4096, 262_000] {
+            let refused = len >= 4096;
+            for name in ["dir", "file", "missing", "newdir"] {
+                let path = format!("{name}{}", "/".repeat(len - name.len()));
+                let field = string(path.as_bytes());
+                let mut ops = vec![("stat", fxp::STAT), ("lstat", fxp::LSTAT), ("readlink", fxp::READLINK)];
+                if refused || matches!(name, "dir" | "file") {
+                    ops.push(("realpath", fxp::REALPATH));
+                }
+                for (op, kind) in ops {
+                    p.step(&format!("{op} {name} padded to {len}"), kind, &[&field]);
+                }
+                p.step(&format!("mkdir {name} padded to {len}"), fxp::MKDIR, &[&field, &NO_ATTRS]);
+                if refused {
+                    p.step(&format!("rename {name} padded to {len}"), fxp::RENAME, &[&field, &string(b"renamed")]);
+                    p.step(&format!("rename file to {name} padded to {len}"), fxp::RENAME, &[&string(b"file"), &field]);
+                }
+            }
+        }
+        p.list(".");
+    });
+}
+
 /// Kept difference: OpenSSH compares handles and paths only, so a copy between two names of
 /// one file (a hard link) onto a later offset "to the end" grows the file until the disk is
 /// full. podsftp compares inodes and refuses.
