@@ -29,6 +29,7 @@ pub struct Access {
     target: Target,
     sub_root: Option<OsString>,
     read_only: bool,
+    pseudo_filesystems: bool,
     exe: PathBuf,
     me: Identity,
     /// Container mode: the pid found last time and its start time (to detect pid reuse).
@@ -41,10 +42,16 @@ impl Access {
             target,
             sub_root,
             read_only,
+            pseudo_filesystems: false,
             exe: std::env::current_exe()?,
             me: target::own_identity()?,
             found: Mutex::new(None),
         })
+    }
+
+    /// Sessions may enter procfs and sysfs mounts under the served root (`--serve-pseudo-filesystems`).
+    pub fn serving_pseudo_filesystems(self, allowed: bool) -> Access {
+        Access { pseudo_filesystems: allowed, ..self }
     }
 
     fn switching(&self) -> bool {
@@ -178,6 +185,9 @@ impl Access {
         self.root_args(&mut cmd, resolved);
         if self.read_only {
             cmd.arg("--read-only");
+        }
+        if self.pseudo_filesystems {
+            cmd.arg("--serve-pseudo-filesystems");
         }
         cmd.arg("--user").arg(user).arg("--client").arg(client);
         if let Some(pid) = resolved.pid {

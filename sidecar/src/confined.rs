@@ -9,6 +9,10 @@
 //! to follow it: such lookups resolve the whole path in-root instead). Symlink targets are stored
 //! verbatim; they are resolved in-root whenever they are followed later.
 //!
+//! The kernel's own filesystems (procfs, sysfs) mounted under the served root are not entered
+//! unless the operator allows it: no SFTP user needs the app's `/proc`, which lists the
+//! sidecar's own processes (defence in depth next to their PR_SET_DUMPABLE 0).
+//!
 //! A client path of `PATH_MAX` (4096) bytes or more is refused with `ENAMETOOLONG` before any
 //! work, as OpenSSH's sftp-server refuses it, also where the kernel would accept its parent and
 //! its last component separately.
@@ -19,12 +23,14 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timestamps};
+use rustix::fs::{AtFlags, FsWord, Mode, OFlags, RenameFlags, ResolveFlags, Stat, Timestamps};
 use rustix::io::Errno;
 
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
 /// Symlinks followed while computing a realpath before giving up (the kernel's limit).
 const MAX_SYMLINKS: usize = 40;
+/// Filesystems refused unless allowed (see the module comment).
+const PSEUDO_FILESYSTEMS: [FsWord; 2] = [rustix::fs::PROC_SUPER_MAGIC, libc::SYSFS_MAGIC as FsWord];
 /// Longest path, terminating NUL included (the kernel's and OpenSSH's limit).
 const PATH_MAX: usize = libc::PATH_MAX as usize;
 
@@ -43,6 +49,7 @@ pub struct Metadata {
 #[derive(Debug)]
 pub struct Root {
     fd: OwnedFd,
+    pseudo_filesystems: bool,
 }
 
 /// A client path split into the directory that holds it and its final component.
@@ -97,17 +104,29 @@ impl Root {
     pub fn open(path: &Path) -> io::Result<Root> {
         let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(io_err)?;
-        Ok(Root { fd })
+        Ok(Root { fd, pseudo_filesystems: false })
+    }
+
+    /// Lets client paths enter procfs and sysfs mounts (`--serve-pseudo-filesystems`).
+    pub fn serving_pseudo_filesystems(self) -> Root {
+        Root { pseudo_filesystems: true, ..self }
+    }
+
+    /// `fd`, unless it lies on a refused pseudo-filesystem (`EACCES`, like a permission).
+    fn allowed(&self, fd: OwnedFd) -> io::Result<OwnedFd> {
+        let pseudo = || rustix::fs::fstatfs(&fd).is_ok_and(|fs| PSEUDO_FILESYSTEMS.contains(&(fs.f_type as FsWord)));
+        if !self.pseudo_filesystems && pseudo() { Err(io::Error::from_raw_os_error(libc::EACCES)) } else { Ok(fd) }
     }
 
     /// Narrows the root to a subdirectory, itself resolved inside the current root (`--root`).
     pub fn subdir(&self, sub: &[u8]) -> io::Result<Root> {
-        Ok(Root { fd: self.resolve(sub, OFlags::PATH | OFlags::DIRECTORY)? })
+        Ok(Root { fd: self.resolve(sub, OFlags::PATH | OFlags::DIRECTORY)?, pseudo_filesystems: self.pseudo_filesystems })
     }
 
     fn resolve(&self, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
-        rustix::fs::openat2(&self.fd, nonempty(path)?, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-            .map_err(io_err)
+        let fd = rustix::fs::openat2(&self.fd, nonempty(path)?, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
+            .map_err(io_err)?;
+        self.allowed(fd)
     }
 
     fn resolve_parent(&self, parent: &[u8]) -> io::Result<OwnedFd> {
@@ -121,7 +140,7 @@ impl Root {
         let path = nonempty(path)?;
         let fd = rustix::fs::openat2(&self.fd, path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, RESOLVE)
             .map_err(io_err)?;
-        Ok(File::from(fd))
+        Ok(File::from(self.allowed(fd)?))
     }
 
     /// Opens a directory for listing.

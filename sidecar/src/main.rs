@@ -66,6 +66,10 @@ struct ServeArgs {
     /// Refuse every change.
     #[arg(long)]
     read_only: bool,
+    /// Let sessions enter procfs and sysfs mounts under the served root (refused by default:
+    /// the app's /proc lists the sidecar's processes, and no SFTP user needs it).
+    #[arg(long)]
+    serve_pseudo_filesystems: bool,
     /// Seconds running sessions get to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]
     grace_seconds: u64,
@@ -141,7 +145,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (_, _, Some(dir)) => Target::Dir(dir),
         _ => anyhow::bail!("one of --container, --pid, --dir is required"),
     };
-    let access = Arc::new(Access::new(target, args.root, args.read_only).context("inspecting this process")?);
+    let access = Access::new(target, args.root, args.read_only).context("inspecting this process")?;
+    let access = Arc::new(access.serving_pseudo_filesystems(args.serve_pseudo_filesystems));
     let credentials = match args.credentials {
         Some(dir) => credentials::watch_dir(dir),
         None => {

@@ -55,6 +55,9 @@ enum Mode {
         root: RootArgs,
         #[arg(long)]
         read_only: bool,
+        /// Let client paths enter procfs and sysfs mounts under the root.
+        #[arg(long)]
+        serve_pseudo_filesystems: bool,
         #[arg(long)]
         user: String,
         #[arg(long)]
@@ -140,11 +143,12 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     match args.mode {
         Mode::Probe { who, root } => answer(take_identity(&who).and_then(|()| open_root(&root)).map(drop)),
         Mode::Find { who, container, pids } => answer(take_identity(&who).and_then(|()| find(&container, &pids))),
-        Mode::Sftp { who, root, read_only, user, client, target_pid } => {
+        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, target_pid } => {
             let session = take_identity(&who).and_then(|()| {
                 // Watched before the root is opened, so a process that exits in between is noticed.
                 let target = target_pid.map(watch_target).transpose()?.flatten();
                 let top = open_top(&root)?;
+                let top = if serve_pseudo_filesystems { top.serving_pseudo_filesystems() } else { top };
                 let accounts = read_accounts(&top);
                 sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target })
             });

@@ -99,14 +99,15 @@ fn attack(server: &Server) {
 #[test]
 fn mirror_mode_session_cannot_touch_sidecar_memory() {
     let root = busybox_root("mirror");
-    let _app = App::start(root.path(), APP_UID, &format!("chroot --userspec={APP_UID}:{APP_UID} --groups={APP_UID}"));
+    let app = App::start(root.path(), APP_UID, &format!("chroot --userspec={APP_UID}:{APP_UID} --groups={APP_UID}"));
     let (_dir, bin_copy) = unprivileged_copy();
     let creds = Credentials::new();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(creds.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let uid = APP_UID.to_string();
     let setpriv = ["setpriv", "--reuid", &uid, "--regid", &uid, "--clear-groups", "--inh-caps=-all", "--"];
-    let server = Server::start_wrapped(creds, &setpriv, &bin_copy, &["--pid", &_app.pid.to_string()]);
+    // Pseudo-filesystems allowed: this test is about the processes' own protection.
+    let server = Server::start_wrapped(creds, &setpriv, &bin_copy, &["--pid", &app.pid.to_string(), "--serve-pseudo-filesystems"]);
     server.wait_ready(200);
     attack(&server);
 }
@@ -117,7 +118,23 @@ fn switch_mode_session_of_a_root_app_cannot_touch_sidecar_memory() {
     let bounding = format!("--bounding-set={DEFAULT_CAPS}");
     let app = App::start(root.path(), 0, &format!("setpriv {bounding} -- chroot"));
     let setpriv = ["setpriv", &bounding, "--"];
-    let server = Server::start_wrapped(Credentials::new(), &setpriv, Path::new(bin()), &["--pid", &app.pid.to_string()]);
+    let server = Server::start_wrapped(Credentials::new(), &setpriv, Path::new(bin()), &["--pid", &app.pid.to_string(), "--serve-pseudo-filesystems"]);
     server.wait_ready(200);
     attack(&server);
+}
+
+#[test]
+fn the_served_roots_proc_is_not_entered_by_default() {
+    let root = busybox_root("default");
+    let app = App::start(root.path(), 0, "chroot");
+    let server = Server::start(&["--pid", &app.pid.to_string()]);
+    server.wait_ready(200);
+    let mut session = RawSftp::connect(&server);
+    for (id, path) in [(1, format!("/proc/{}/status", server.pid())), (2, "/proc/self/status".to_string()), (3, "/proc/../proc/1/environ".to_string())] {
+        if let Err(e) = open_refused(&mut session, id, &path, FXF_READ) {
+            panic!("{e}\nlog:\n{}", server.log());
+        }
+    }
+    // The rest of the root is served as before.
+    session.open_read(4, b"/data/default");
 }
