@@ -92,3 +92,20 @@ fn password_guessing_from_one_address_is_cut_off_while_others_log_in() {
     // when the penalty starts; after that none until it has run out (40 s).
     assert!(checked <= 16, "{checked} passwords checked from one address in {seconds} s\nlog:\n{log}");
 }
+
+#[test]
+fn rekeying_before_login_is_bounded() {
+    let served = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--dir", served.path().to_str().unwrap()]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/rekey_flood.py");
+    let out = Command::new("timeout")
+        .args(["120", "/usr/bin/python3", script, "127.0.0.1", &server.port.to_string(), "500"])
+        .output()
+        .expect("run /usr/bin/python3 (python3-paramiko)");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let rekeys: usize = printed.trim().strip_prefix("rekeys ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{printed:?}"));
+    eprintln!("key exchanges before the server closed an unauthenticated connection: {rekeys}");
+    // Each of paramiko's key exchanges sends about 1.5 KiB; the budget is 64 KiB.
+    assert!(rekeys < 100, "{rekeys} key exchanges before logging in\nlog:\n{}", server.log());
+    assert!(server.log().contains("before logging in"), "{}", server.log());
+}
