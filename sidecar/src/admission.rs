@@ -211,8 +211,8 @@ pub struct Startup {
 }
 
 impl Startup {
-    /// The login succeeded: the startup slot becomes a session slot, if one is free.
-    pub fn authenticated(self) -> Result<OwnedSemaphorePermit, Refusal> {
+    /// The login succeeded: a session slot, if one is free (the caller then drops the startup).
+    pub fn session_slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
         self.admission.sessions.clone().try_acquire_owned().map_err(|_| Refusal::TooManySessions)
     }
 }
@@ -252,9 +252,28 @@ mod tests {
         drop(from_one);
         assert!(admission.admit(ip("10.0.0.1"), now).is_ok());
         // Logging in frees the startup slot.
-        let session = others.pop().unwrap().authenticated().unwrap();
+        let startup = others.pop().unwrap();
+        let session = startup.session_slot().unwrap();
+        drop(startup);
         assert!(admission.admit(ip("10.0.2.1"), now).is_ok());
         drop(session);
+    }
+
+    #[test]
+    fn a_login_without_a_free_session_slot_stays_a_startup() {
+        let now = Instant::now();
+        let admission = Admission::new(now);
+        let late = admission.admit(ip("10.9.0.1"), now).unwrap();
+        let sessions: Vec<_> = (0..MAX_SESSIONS)
+            .map(|i| {
+                let startup = admission.admit(ip(&format!("10.8.{}.{}", i / 200, i % 200)), now).unwrap();
+                startup.session_slot().unwrap()
+            })
+            .collect();
+        assert_eq!(late.session_slot().err(), Some(Refusal::TooManySessions));
+        assert_eq!(admission.lock().startups_total, 1, "the refused login still holds its startup slot");
+        drop(sessions);
+        assert!(late.session_slot().is_ok());
     }
 
     #[test]

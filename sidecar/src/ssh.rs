@@ -166,15 +166,20 @@ impl Connection {
     }
 
     fn accepted(&mut self, user: &str, method: &str) -> Auth {
-        let slot = self.startup.take().map(Startup::authenticated);
-        match slot {
-            Some(Ok(permit)) => self.session = Some(permit),
-            Some(Err(refusal)) => {
-                tracing::warn!(user, client = %self.peer, method, %refusal, "login refused");
-                return Auth::reject();
+        // The startup slot is given up only for a session slot: a refused connection stays a
+        // startup (still under the login deadline), and cannot get in on a later attempt.
+        if self.session.is_none() {
+            let Some(startup) = &self.startup else { return Auth::reject() };
+            match startup.session_slot() {
+                Ok(permit) => {
+                    self.session = Some(permit);
+                    self.startup = None;
+                }
+                Err(refusal) => {
+                    tracing::warn!(user, client = %self.peer, method, %refusal, "login refused");
+                    return Auth::reject();
+                }
             }
-            // Already logged in on this connection: keep its session slot.
-            None => {}
         }
         tracing::info!(user, client = %self.peer, method, "authenticated");
         self.user = Some(user.to_string());
