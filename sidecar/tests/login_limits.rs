@@ -109,3 +109,17 @@ fn rekeying_before_login_is_bounded() {
     assert!(rekeys < 100, "{rekeys} key exchanges before logging in\nlog:\n{}", server.log());
     assert!(server.log().contains("before logging in"), "{}", server.log());
 }
+
+#[test]
+fn a_connection_past_key_exchange_that_never_logs_in_is_closed_at_the_deadline() {
+    let served = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--dir", served.path().to_str().unwrap(), "--login-grace-seconds", "3"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/kex_then_idle.py");
+    let out = Command::new("timeout")
+        .args(["60", "/usr/bin/python3", script, "127.0.0.1", &server.port.to_string(), "10"])
+        .output()
+        .expect("run /usr/bin/python3 (python3-paramiko)");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.starts_with("closed"), "{printed:?}\nlog:\n{}", server.log());
+    assert!(server.log().contains("not logged in within 3 s"), "{}", server.log());
+}
