@@ -91,7 +91,7 @@ impl<V: ClusterView> Admitter<V> {
                     }
                 }
             }
-            None => bare_pod_owner(pod),
+            None => bare_pod_owner(pod, &request.uid),
         };
         let Some(owner) = owner else {
             return (with_warning(allowed, "podsftp: not injected: the pod has neither name nor generateName"), Outcome::Invalid);
@@ -164,6 +164,6 @@ mod tests {
         let warnings = response.warnings.unwrap_or_default();
         assert!(warnings.iter().any(|w| w.contains("ReplicaSet/web-5d8f") && w.contains("connection refused")), "{warnings:?}");
         let patch = String::from_utf8(response.patch.unwrap()).unwrap();
-        assert!(patch.contains("web-5d8f-sftp"), "the nearest owner names the Secret: {patch}");
+        assert!(patch.contains("web-5d8f-replicaset-sftp"), "the nearest owner names the Secret: {patch}");
     }
 }

@@ -98,6 +98,10 @@ struct ServeArgs {
     sidecar_allow_ptrace: bool,
     #[arg(long, env = "PODSFTP_SERVICE_TYPE", value_enum, default_value = "LoadBalancer")]
     service_type: ServiceType,
+    /// Seconds an owner may have no injected pod before its Service is removed (a Recreate rollout
+    /// or a restarting single-replica StatefulSet keeps its load-balancer address).
+    #[arg(long, env = "PODSFTP_SERVICE_GRACE_PERIOD_SECONDS", default_value_t = 600)]
+    service_grace_period_seconds: u64,
     #[arg(long, env = "PODSFTP_LOG_LEVEL", default_value = "info")]
     log_level: String,
     #[arg(long, env = "PODSFTP_LOG_FORMAT", value_enum, default_value = "json")]
@@ -193,7 +197,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let health = TcpListener::bind(args.metrics_listen).await.with_context(|| format!("binding {}", args.metrics_listen))?;
     let health_app = health_router(readiness.clone(), metrics.clone());
     tokio::spawn(async move { axum::serve(health, health_app).await });
-    tokio::spawn(controller::run(controller::Context::new(cluster.clone(), metrics.clone(), service_type.into())));
+    tokio::spawn(controller::run(controller::Context::new(
+        cluster.clone(),
+        metrics.clone(),
+        service_type.into(),
+        Duration::from_secs(args.service_grace_period_seconds),
+    )));
 
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, ?placement, "serving");

@@ -164,7 +164,7 @@ fn cronjob_pod_in_classic_mode_gets_a_regular_container() {
     let spec = pod.spec.unwrap();
     assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["backup", "podsftp"]);
     assert!(spec.init_containers.is_none());
-    assert_eq!(spec.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("backup-sftp"));
+    assert_eq!(spec.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("backup-cronjob-sftp"));
 }
 
 #[test]
@@ -189,11 +189,14 @@ fn pod_with_generate_name_only_is_its_own_owner_named_after_the_stem() {
         "spec": {"containers": [{"name": "debug", "image": "busybox"}]}
     });
     let parsed: Pod = serde_json::from_value(manifest.clone()).unwrap();
-    let owner = bare_pod_owner(&parsed).expect("owner from generateName");
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Pod", "debug"));
-    assert_eq!(nearest_owner(&parsed), Some(owner.clone()));
+    let owner = bare_pod_owner(&parsed, "1f0c9a2e-77aa-4b8e-9d3c-000000000001").expect("owner from generateName");
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Pod", "debug-1f0c9a2e"));
+    assert_eq!(nearest_owner(&parsed, "1f0c9a2e-77aa-4b8e-9d3c-000000000001"), Some(owner.clone()));
+    let sibling = bare_pod_owner(&parsed, "5b7d0e11-0000-4b8e-9d3c-000000000002").expect("owner of a sibling");
+    assert_ne!(names::secret_name(&owner.resource_stem()), names::secret_name(&sibling.resource_stem()), "siblings never share a login");
     let pod = inject(manifest, &BTreeMap::new(), &owner, &Settings::example());
-    assert_eq!(pod.metadata.annotations.unwrap().get("podsftp.io/owner").map(String::as_str), Some("Pod/debug"));
+    assert_eq!(pod.metadata.annotations.unwrap().get("podsftp.io/owner").map(String::as_str), Some("Pod/debug-1f0c9a2e"));
+    assert_eq!(pod.spec.unwrap().volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("debug-1f0c9a2e-pod-sftp"));
 }
 
 #[test]

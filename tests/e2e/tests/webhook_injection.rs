@@ -20,7 +20,14 @@ fn injection_enabled() -> [(&'static str, &'static str); 1] {
 
 /// Starts the webhook (certificate files) and registers it for `namespaces`.
 fn webhook_for(config: &str, failure_policy: &str, namespaces: &[&str]) -> (HostWebhook, Registration) {
-    let webhook = HostWebhook::start(WEBHOOK_NAMESPACE, Tls::GeneratedFiles, &["--service-type", "ClusterIP"]);
+    webhook_with(config, failure_policy, namespaces, &[])
+}
+
+/// [`webhook_for`] with extra command-line arguments.
+fn webhook_with(config: &str, failure_policy: &str, namespaces: &[&str], extra_args: &[&str]) -> (HostWebhook, Registration) {
+    let mut args = vec!["--service-type", "ClusterIP"];
+    args.extend(extra_args);
+    let webhook = HostWebhook::start(WEBHOOK_NAMESPACE, Tls::GeneratedFiles, &args);
     let registration = Registration::create(config, &webhook.url(), webhook.ca_pem.as_deref(), failure_policy, namespaces);
     (webhook, registration)
 }
@@ -46,7 +53,7 @@ fn uid(kind: &str, name: &str, namespace: &str) -> String {
 }
 
 /// Asserts the Secret and Service `<name>-sftp` exist and point at the owner.
-fn assert_owner_resources(namespace: &str, name: &str, kind: &str, owner_uid: &str) {
+fn assert_owner_resources(namespace: &str, name: &str, kind: &str, owner_uid: &str) -> Value {
     let secret = eventually(&format!("Secret {name}-sftp"), WAIT, || get("secret", &format!("{name}-sftp"), namespace));
     let service = eventually(&format!("Service {name}-sftp"), WAIT, || get("service", &format!("{name}-sftp"), namespace));
     for object in [&secret, &service] {
@@ -55,6 +62,17 @@ fn assert_owner_resources(namespace: &str, name: &str, kind: &str, owner_uid: &s
         assert_eq!(reference["uid"], owner_uid, "{object}");
         assert_eq!(object["metadata"]["labels"]["app.kubernetes.io/managed-by"], "podsftp");
     }
+    secret
+}
+
+/// Waits for an Event with `reason` about the object `name` and returns its message.
+fn event_message(namespace: &str, name: &str, reason: &str) -> String {
+    eventually(&format!("a {reason} event about {name}"), WAIT, || {
+        let selector = format!("involvedObject.name={name},reason={reason}");
+        let events = kubectl_json(&["get", "events", "-n", namespace, "--field-selector", &selector]);
+        let message = events["items"].as_array().and_then(|items| items.first()).map(|e| e["message"].as_str().unwrap_or_default().to_string());
+        message.ok_or_else(|| format!("none; all events: {}", kubectl(&["get", "events", "-n", namespace])))
+    })
 }
 
 #[test]
@@ -163,18 +181,18 @@ fn owners_resolve_to_cronjob_statefulset_and_bare_pod() {
     });
     assert!(is_injected(&job_pod));
     assert_eq!(owner_annotation(&job_pod), "CronJob/backup");
-    assert_owner_resources(&ns.name, "backup", "CronJob", &uid("cronjob", "backup", &ns.name));
+    assert_owner_resources(&ns.name, "backup-cronjob", "CronJob", &uid("cronjob", "backup", &ns.name));
 
     let db_pod = eventually("pod db-0", WAIT, || get("pod", "db-0", &ns.name));
     assert_eq!(owner_annotation(&db_pod), "StatefulSet/db");
     let sidecar = &db_pod["spec"]["initContainers"][0];
     assert_eq!(sidecar["securityContext"]["runAsUser"], 999, "sidecar mirrors the app's user");
     assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
-    assert_owner_resources(&ns.name, "db", "StatefulSet", &uid("statefulset", "db", &ns.name));
+    assert_owner_resources(&ns.name, "db-statefulset", "StatefulSet", &uid("statefulset", "db", &ns.name));
 
     let tool = pod(&ns.name, "tool");
     assert_eq!(owner_annotation(&tool), "Pod/tool");
-    assert_owner_resources(&ns.name, "tool", "Pod", &uid("pod", "tool", &ns.name));
+    assert_owner_resources(&ns.name, "tool-pod", "Pod", &uid("pod", "tool", &ns.name));
 }
 
 #[test]
@@ -227,7 +245,7 @@ fn stopped_webhook_with_failure_policy_ignore_lets_pods_through_unchanged() {
 fn service_follows_template_annotations_and_goes_when_no_injected_pod_remains() {
     require_cluster();
     let ns = TestNamespace::create("wh-lifecycle", &injection_enabled());
-    let (webhook, _registration) = webhook_for("wh-lifecycle", "Fail", &[&ns.name]);
+    let (webhook, _registration) = webhook_with("wh-lifecycle", "Fail", &[&ns.name], &["--service-grace-period-seconds", "20"]);
     let deployment = |port: u16| {
         format!(
             r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "files", "namespace": "{ns}"}},
@@ -247,7 +265,7 @@ fn service_follows_template_annotations_and_goes_when_no_injected_pod_remains() 
     kubectl_apply(&deployment(2200));
     eventually("Service files-sftp on port 2200", WAIT, || service_port().and_then(|p| if p == 2200 { Ok(()) } else { Err(format!("port {p}")) }));
 
-    // No injected pod left: the Service goes (after the sweep's grace period), the login stays.
+    // No injected pod left: the Service goes after the grace period (20 s here), the login stays.
     kubectl(&["scale", "deployment", "files", "-n", &ns.name, "--replicas=0"]);
     eventually("Service files-sftp to be removed", Duration::from_secs(150), || {
         if !exists("service", "files-sftp", Some(&ns.name)) {
@@ -259,28 +277,209 @@ fn service_follows_template_annotations_and_goes_when_no_injected_pod_remains() 
     assert!(exists("secret", "files-sftp", Some(&ns.name)), "the Secret survives so the login stays the same");
 }
 
+/// Issue 11, item 13: a Secret or Service of the same name that podsftp did not create is never
+/// modified or adopted; the owner gets a Conflict event instead.
 #[test]
-fn user_created_secret_keeps_its_values_and_only_gains_missing_keys() {
+fn user_created_secret_and_service_are_left_alone_with_an_event() {
     require_cluster();
     let ns = TestNamespace::create("wh-usersecret", &injection_enabled());
     let (_webhook, _registration) = webhook_for("wh-usersecret", "Fail", &[&ns.name]);
-    kubectl(&["create", "secret", "generic", "shop-sftp", "-n", &ns.name, "--from-literal=username=alice", "--from-literal=password=alice-chose-this-password"]);
+    kubectl(&["create", "secret", "generic", "shop-pod-sftp", "-n", &ns.name, "--from-literal=username=alice", "--from-literal=password=alice-chose-this-password"]);
+    kubectl(&["create", "service", "clusterip", "shop-pod-sftp", "-n", &ns.name, "--tcp=80:8080"]);
+    let secret_before = kubectl_json(&["get", "secret", "shop-pod-sftp", "-n", &ns.name]);
+    let service_before = kubectl_json(&["get", "service", "shop-pod-sftp", "-n", &ns.name]);
     kubectl_apply(&format!(
         r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "shop", "namespace": "{}"}},
             "spec": {{"containers": [{{"name": "main", "image": "busybox:1.37"}}]}}}}"#,
         ns.name
     ));
-    let secret = eventually("missing keys added to the user's Secret", WAIT, || {
-        let secret = get("secret", "shop-sftp", &ns.name)?;
-        if secret["data"]["ssh_host_ed25519_key"].is_string() { Ok(secret) } else { Err(format!("{secret}")) }
+    let message = event_message(&ns.name, "shop", "Conflict");
+    assert!(message.contains("shop-pod-sftp") && message.contains("not created by podsftp"), "{message}");
+    // Both reconciled objects have been looked at once the Service conflict is reported.
+    eventually("Conflict events for the Secret and the Service", WAIT, || {
+        let events = kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "involvedObject.name=shop,reason=Conflict", "-o", "jsonpath={.items[*].message}"]);
+        if events.contains("Secret shop-pod-sftp") && events.contains("Service shop-pod-sftp") { Ok(()) } else { Err(events) }
     });
-    let decode = |key: &str| {
-        kubectl(&["get", "secret", "shop-sftp", "-n", &ns.name, "-o", &format!("go-template={{{{index .data \"{key}\" | base64decode}}}}")])
-    };
-    assert_eq!(decode("username"), "alice");
-    assert_eq!(decode("password"), "alice-chose-this-password");
-    for key in ["authorized_keys", "id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key.pub"] {
-        assert!(secret["data"][key].is_string(), "{key} added");
+    let secret_after = kubectl_json(&["get", "secret", "shop-pod-sftp", "-n", &ns.name]);
+    let service_after = kubectl_json(&["get", "service", "shop-pod-sftp", "-n", &ns.name]);
+    assert_eq!(secret_after["metadata"]["resourceVersion"], secret_before["metadata"]["resourceVersion"], "Secret modified: {secret_after}");
+    assert_eq!(service_after["metadata"]["resourceVersion"], service_before["metadata"]["resourceVersion"], "Service modified: {service_after}");
+    assert!(secret_after["metadata"]["ownerReferences"].is_null() && service_after["metadata"]["ownerReferences"].is_null());
+}
+
+/// Issue 11, item 13: a pod that carries podsftp's status, owner label and annotation without the
+/// webhook having patched it (here: opted out, so the webhook never sees it) changes nothing; the
+/// controller reports it on the pod.
+#[test]
+fn forged_podsftp_state_on_a_pod_changes_nothing() {
+    require_cluster();
+    let ns = TestNamespace::create("wh-forged", &injection_enabled());
+    let (_webhook, _registration) = webhook_for("wh-forged", "Fail", &[&ns.name]);
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "victim2", "namespace": "{ns}"}},
+            "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "victim2"}}}},
+              "template": {{"metadata": {{"labels": {{"app": "victim2"}}}},
+                "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
+        ns = ns.name
+    ));
+    let victim_uid = uid("deployment", "victim2", &ns.name);
+    assert_owner_resources(&ns.name, "victim2", "Deployment", &victim_uid);
+    let before = kubectl_json(&["get", "service", "victim2-sftp", "-n", &ns.name]);
+    let selector = before["spec"]["selector"]["podsftp.io/owner"].as_str().expect("selector").to_string();
+    for (pod, claimed) in [("forger-pod", "Pod/victim2"), ("forger-deploy", "Deployment/victim2")] {
+        kubectl_apply(&format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{pod}", "namespace": "{ns}",
+                  "labels": {{"sftp": "disabled", "podsftp.io/owner": "{selector}"}},
+                  "annotations": {{"podsftp.io/status": "injected", "podsftp.io/owner": "{claimed}",
+                                   "podsftp.io/service-type": "LoadBalancer", "podsftp.io/load-balancer-source-ranges": "0.0.0.0/0"}}}},
+                "spec": {{"containers": [{{"name": "main", "image": "busybox:1.37"}}]}}}}"#,
+            ns = ns.name
+        ));
+        let message = event_message(&ns.name, pod, "NotVerified");
+        assert!(message.contains(claimed) && message.contains("not among the pod's owners"), "{message}");
     }
-    assert!(secret["metadata"]["ownerReferences"].is_null(), "a user's Secret is not handed to the garbage collector");
+    let after = kubectl_json(&["get", "service", "victim2-sftp", "-n", &ns.name]);
+    assert_eq!(after["spec"]["type"], "ClusterIP", "{after}");
+    assert!(after["spec"]["loadBalancerSourceRanges"].is_null(), "{after}");
+    assert_eq!(after["metadata"]["ownerReferences"], before["metadata"]["ownerReferences"]);
+    assert_eq!(after["spec"]["selector"], before["spec"]["selector"]);
+    for forged in ["forger-pod-pod-sftp", "victim2-pod-sftp", "forger-pod-sftp"] {
+        assert!(!exists("secret", forged, Some(&ns.name)), "Secret {forged} made for a forged pod");
+    }
+}
+
+/// Issue 11, item 14: a bare Pod and a StatefulSet of the same name, and two bare pods of one
+/// `generateName`, each get their own Secret and Service; deleting one owner leaves the others'.
+#[test]
+fn owners_of_different_kinds_or_generated_names_never_share_a_login() {
+    require_cluster();
+    let ns = TestNamespace::create("wh-share", &injection_enabled());
+    let (_webhook, _registration) = webhook_for("wh-share", "Fail", &[&ns.name]);
+    let container = r#"[{"name": "main", "image": "busybox:1.37", "command": ["sleep", "3600"]}]"#;
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "web", "namespace": "{ns}"}}, "spec": {{"containers": {container}}}}}"#,
+        ns = ns.name
+    ));
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {{"name": "web", "namespace": "{ns}"}},
+            "spec": {{"serviceName": "web", "replicas": 1, "selector": {{"matchLabels": {{"app": "web"}}}},
+              "template": {{"metadata": {{"labels": {{"app": "web"}}}}, "spec": {{"containers": {container}}}}}}}}}"#,
+        ns = ns.name
+    ));
+    let pod_secret = assert_owner_resources(&ns.name, "web-pod", "Pod", &uid("pod", "web", &ns.name));
+    let set_secret = assert_owner_resources(&ns.name, "web-statefulset", "StatefulSet", &uid("statefulset", "web", &ns.name));
+    assert_ne!(pod_secret["data"]["password"], set_secret["data"]["password"]);
+
+    let generated: Vec<String> = (0..2)
+        .map(|_| {
+            let manifest = format!(
+                r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"generateName": "debug-", "namespace": "{ns}"}}, "spec": {{"containers": {container}}}}}"#,
+                ns = ns.name
+            );
+            let created = podsftp_e2e::helm::try_run("kubectl", &["create", "-f", "-", "-o", "jsonpath={.metadata.name}"], Some(&manifest));
+            created.unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let mut secrets = Vec::new();
+    for name in &generated {
+        let claimed = owner_annotation(&pod(&ns.name, name));
+        let owner_name = claimed.strip_prefix("Pod/").unwrap_or_else(|| panic!("{name}: owner {claimed}"));
+        assert!(owner_name.starts_with("debug-"), "{claimed}");
+        let secret = assert_owner_resources(&ns.name, &format!("{owner_name}-pod"), "Pod", &uid("pod", name, &ns.name));
+        secrets.push(secret["metadata"]["name"].clone());
+    }
+    assert_ne!(secrets[0], secrets[1], "two bare pods of one generateName share {:?}", secrets[0]);
+
+    kubectl(&["delete", "pod", "web", "-n", &ns.name, "--wait=true"]);
+    eventually("the bare pod's Secret garbage-collected", WAIT, || {
+        if exists("secret", "web-pod-sftp", Some(&ns.name)) { Err("still there".to_string()) } else { Ok(()) }
+    });
+    assert!(exists("secret", "web-statefulset-sftp", Some(&ns.name)), "the StatefulSet keeps its login");
+}
+
+/// Issue 11, item 12: an ownerReference in one namespace that names the uid of a ReplicaSet in
+/// another namespace neither resolves to the object of that uid nor changes what the other
+/// namespace's pods resolve to.
+#[test]
+fn owner_resolution_is_per_namespace_and_checks_uids() {
+    require_cluster();
+    let a = TestNamespace::create("wh-cache-a", &injection_enabled());
+    let b = TestNamespace::create("wh-cache-b", &injection_enabled());
+    let (_webhook, _registration) = webhook_for("wh-cache", "Fail", &[&a.name, &b.name]);
+    let replica_set = |namespace: &str, name: &str, replicas: u32| {
+        format!(
+            r#"{{"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {{"name": "{name}", "namespace": "{namespace}"}},
+                "spec": {{"replicas": {replicas}, "selector": {{"matchLabels": {{"app": "{name}"}}}},
+                  "template": {{"metadata": {{"labels": {{"app": "{name}"}}}}, "spec": {{"containers": [{{"name": "main", "image": "busybox:1.37"}}]}}}}}}}}"#
+        )
+    };
+    kubectl_apply(&replica_set(&b.name, "shop", 0));
+    kubectl_apply(&replica_set(&a.name, "evil-rs", 0));
+    let shop_uid = uid("replicaset", "shop", &b.name);
+    // A pod in A whose controller reference names A's evil-rs with the uid of B's shop.
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "poison", "namespace": "{ns}",
+              "ownerReferences": [{{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "evil-rs", "uid": "{shop_uid}", "controller": true}}]}},
+            "spec": {{"containers": [{{"name": "main", "image": "busybox:1.37"}}]}}}}"#,
+        ns = a.name
+    ));
+    kubectl(&["scale", "replicaset", "shop", "-n", &b.name, "--replicas=1"]);
+    let shop_pod = eventually("the pod of ReplicaSet shop", WAIT, || {
+        pods(&b.name, "app=shop").into_iter().next().ok_or_else(|| "no pod yet".to_string())
+    });
+    assert_eq!(owner_annotation(&shop_pod), "ReplicaSet/shop", "B's pod resolved through A's reference");
+    assert_owner_resources(&b.name, "shop-replicaset", "ReplicaSet", &shop_uid);
+}
+
+/// Issue 11, item 15: a Service stays while its owner has no pod for less than the grace period
+/// (a Recreate rollout, a restarting single-replica StatefulSet), and keeps its uid (and with it
+/// a load balancer's address).
+#[test]
+fn service_outlives_a_short_gap_without_pods() {
+    require_cluster();
+    let ns = TestNamespace::create("wh-gap", &injection_enabled());
+    let (_webhook, _registration) = webhook_for("wh-gap", "Fail", &[&ns.name]);
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "gap", "namespace": "{ns}"}},
+            "spec": {{"replicas": 1, "strategy": {{"type": "Recreate"}}, "selector": {{"matchLabels": {{"app": "gap"}}}},
+              "template": {{"metadata": {{"labels": {{"app": "gap"}}}},
+                "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
+        ns = ns.name
+    ));
+    let service = eventually("Service gap-sftp", WAIT, || get("service", "gap-sftp", &ns.name));
+    let service_uid = service["metadata"]["uid"].clone();
+    // Older than the 60 s the previous sweep waited for, so only the grace period protects it.
+    std::thread::sleep(Duration::from_secs(62));
+    kubectl(&["scale", "deployment", "gap", "-n", &ns.name, "--replicas=0"]);
+    eventually("no pod of gap", WAIT, || if pods(&ns.name, "app=gap").is_empty() { Ok(()) } else { Err("pods left".to_string()) });
+    // Three sweeps (every 15 s) without a pod.
+    std::thread::sleep(Duration::from_secs(45));
+    let kept = get("service", "gap-sftp", &ns.name).expect("the Service survives a short gap");
+    assert_eq!(kept["metadata"]["uid"], service_uid);
+    kubectl(&["scale", "deployment", "gap", "-n", &ns.name, "--replicas=1"]);
+    eventually("a pod of gap again", WAIT, || pods(&ns.name, "app=gap").first().cloned().ok_or_else(|| "none".to_string()));
+    assert_eq!(get("service", "gap-sftp", &ns.name).expect("Service")["metadata"]["uid"], service_uid);
+}
+
+/// Issue 11, item 17: an invalid `podsftp.io/load-balancer-source-ranges` is reported in a short
+/// Event on the owner, and no Service is made (dropping the ranges would open it to everyone).
+#[test]
+fn invalid_source_ranges_are_reported_in_a_short_event() {
+    require_cluster();
+    let ns = TestNamespace::create("wh-ranges", &injection_enabled());
+    let (_webhook, _registration) = webhook_for("wh-ranges", "Fail", &[&ns.name]);
+    let ranges = format!("10.0.0.0/8,{}", "not-a-cidr-".repeat(200));
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "ranges", "namespace": "{ns}"}},
+            "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "ranges"}}}},
+              "template": {{"metadata": {{"labels": {{"app": "ranges"}},
+                  "annotations": {{"podsftp.io/service-type": "LoadBalancer", "podsftp.io/load-balancer-source-ranges": "{ranges}"}}}},
+                "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
+        ns = ns.name
+    ));
+    let message = event_message(&ns.name, "ranges", "Refused");
+    assert!(message.len() <= 1024, "{} bytes", message.len());
+    assert!(message.contains("podsftp.io/load-balancer-source-ranges") && message.contains("ranges-sftp"), "{message}");
+    assert!(!exists("service", "ranges-sftp", Some(&ns.name)));
+    assert!(exists("secret", "ranges-sftp", Some(&ns.name)), "the login is made all the same");
 }

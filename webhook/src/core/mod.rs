@@ -2,6 +2,7 @@
 //! named. Nothing here talks to the cluster or the network; everything is a function of its inputs,
 //! so it is tested on plain manifests.
 
+pub mod claim;
 pub mod credentials;
 pub mod names;
 pub mod patch;
@@ -39,6 +40,13 @@ impl Owner {
     pub fn kind_and_name_from_annotation(value: &str) -> Option<(&str, &str)> {
         value.split_once('/').filter(|(kind, name)| !kind.is_empty() && !name.is_empty())
     }
+
+    /// What the owner's Secret and Service are named after (`<stem>-sftp`): the name of a
+    /// Deployment, `<name>-<kind in lower case>` for every other kind, so owners of different kinds
+    /// with the same name (a bare Pod `web` and a StatefulSet `web`) never share a login.
+    pub fn resource_stem(&self) -> String {
+        if self.kind == "Deployment" { self.name.clone() } else { format!("{}-{}", self.name, self.kind.to_ascii_lowercase()) }
+    }
 }
 
 /// The controller owner reference of an object (the one with `controller: true`).
@@ -48,22 +56,57 @@ pub fn controller_of(
     meta.owner_references.iter().flatten().find(|r| r.controller == Some(true))
 }
 
+/// Characters of the admission request's uid that tell bare `generateName` pods apart.
+const GENERATED_TOKEN_LEN: usize = 8;
+
 /// The owner of a pod that has no controller: the pod itself. A pod created with only
 /// `generateName` has no name yet at admission, so its owner is named after the `generateName`
-/// stem (every such pod with the same stem shares one login and one Service).
-pub fn bare_pod_owner(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Owner> {
+/// stem plus a token from the (unique) admission request uid (`debug-` → `debug-1f0c9a2e`): every
+/// such pod gets its own login and Service, and none inherits a sibling's.
+pub fn bare_pod_owner(pod: &k8s_openapi::api::core::v1::Pod, request_uid: &str) -> Option<Owner> {
     let name = match pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
         Some(name) => name.to_string(),
-        None => pod.metadata.generate_name.as_deref()?.trim_end_matches(['-', '.']).to_string(),
+        None => {
+            let stem = generate_name_stem(pod.metadata.generate_name.as_deref()?);
+            let token: String = request_uid
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| c.to_ascii_lowercase())
+                .take(GENERATED_TOKEN_LEN)
+                .collect();
+            if stem.is_empty() || token.len() < GENERATED_TOKEN_LEN {
+                return None;
+            }
+            format!("{stem}-{token}")
+        }
     };
-    (!name.is_empty()).then(|| Owner { api_version: "v1".into(), kind: "Pod".into(), name })
+    Some(Owner { api_version: "v1".into(), kind: "Pod".into(), name })
+}
+
+fn generate_name_stem(generate_name: &str) -> &str {
+    generate_name.trim_end_matches(['-', '.'])
+}
+
+/// Whether `claimed` can be the name [`bare_pod_owner`] gave this (created) pod at admission: its
+/// own name, or its `generateName` stem plus a token.
+pub fn is_bare_pod_owner_name(pod: &k8s_openapi::api::core::v1::Pod, claimed: &str) -> bool {
+    if pod.metadata.name.as_deref() == Some(claimed) {
+        return true;
+    }
+    let Some(generate_name) = pod.metadata.generate_name.as_deref() else { return false };
+    let stem = generate_name_stem(generate_name);
+    let generated = pod.metadata.name.as_deref().is_some_and(|name| name.starts_with(generate_name));
+    let token = claimed.strip_prefix(stem).and_then(|rest| rest.strip_prefix('-'));
+    generated
+        && !stem.is_empty()
+        && token.is_some_and(|t| t.len() == GENERATED_TOKEN_LEN && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
 }
 
 /// The nearest owner of a pod: its controller, or itself. Used when the topmost owner cannot be
 /// resolved in time.
-pub fn nearest_owner(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Owner> {
+pub fn nearest_owner(pod: &k8s_openapi::api::core::v1::Pod, request_uid: &str) -> Option<Owner> {
     match controller_of(&pod.metadata) {
         Some(r) => Some(Owner { api_version: r.api_version.clone(), kind: r.kind.clone(), name: r.name.clone() }),
-        None => bare_pod_owner(pod),
+        None => bare_pod_owner(pod, request_uid),
     }
 }

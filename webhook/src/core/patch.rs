@@ -307,7 +307,7 @@ fn credentials_volume(owner: &Owner) -> Volume {
     Volume {
         name: keys::CREDENTIALS_VOLUME.into(),
         secret: Some(SecretVolumeSource {
-            secret_name: Some(names::secret_name(&owner.name)),
+            secret_name: Some(names::secret_name(&owner.resource_stem())),
             default_mode: Some(0o444),
             optional: Some(true),
             ..Default::default()

@@ -1,6 +1,9 @@
-//! The cluster as admission sees it: namespace labels from a reflector, and topmost owners resolved
-//! through the dynamic API with a per-uid cache (ownership chains do not change in practice, so
-//! only the first pod of a new ReplicaSet or Job costs API calls).
+//! The cluster as admission and the controller see it: namespace labels from a reflector, and
+//! owner chains resolved through the dynamic API. Every fetched owner must have the uid the
+//! reference claims (and live in the pod's namespace when the kind is namespaced); the cache is
+//! keyed by (namespace, uid), so a reference in one namespace can never decide what another
+//! namespace's pods resolve to. Ownership chains do not change in practice, so only the first pod
+//! of a new ReplicaSet or Job costs API calls.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, discovery};
 
 use crate::admission::ClusterView;
+use crate::core::claim::VerifiedOwner;
 use crate::core::{Owner, controller_of};
 
 /// Owner chains longer than this are cut (and treated as unresolved).
@@ -22,12 +26,20 @@ const MAX_OWNER_DEPTH: usize = 8;
 const OWNER_CACHE_LIMIT: usize = 10_000;
 const NAMESPACE_GET_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The topmost owner with its uid (needed for owner references).
-#[derive(Clone, Debug)]
-pub struct ResolvedOwner {
-    pub owner: Owner,
-    pub uid: String,
-    pub namespaced: bool,
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("owner chain longer than {MAX_OWNER_DEPTH}")]
+    TooLong,
+    #[error("discovery of {api_version} {kind}: {source}")]
+    Discovery { api_version: String, kind: String, source: kube::Error },
+    #[error("{kind} {name}: {source}")]
+    Fetch { kind: String, name: String, source: kube::Error },
+    #[error("{kind} {name} has uid {found}, not the {claimed} the owner reference names")]
+    UidMismatch { kind: String, name: String, claimed: String, found: String },
+    #[error("{kind} {name} is not in namespace {namespace}")]
+    NamespaceMismatch { kind: String, name: String, namespace: String },
+    #[error("a cache lock was poisoned")]
+    Poisoned,
 }
 
 #[derive(Clone, Debug)]
@@ -36,10 +48,14 @@ struct Kind {
     namespaced: bool,
 }
 
+/// An owner chain from one owner up to the topmost, nearest first.
+type Chain = Vec<VerifiedOwner>;
+
 pub struct KubeCluster {
     client: Client,
     namespaces: Store<Namespace>,
-    owners: Mutex<HashMap<String, ResolvedOwner>>,
+    /// (namespace of the pod, uid of an owner) → that owner's chain.
+    owners: Mutex<HashMap<(String, String), Chain>>,
     kinds: Mutex<HashMap<(String, String), Kind>>,
 }
 
@@ -66,63 +82,86 @@ impl KubeCluster {
         &self.client
     }
 
-    async fn kind(&self, api_version: &str, kind: &str) -> Result<Kind, String> {
+    async fn kind(&self, api_version: &str, kind: &str) -> Result<Kind, ResolveError> {
         let key = (api_version.to_string(), kind.to_string());
-        if let Some(known) = self.kinds.lock().map_err(|_| "poisoned")?.get(&key) {
+        if let Some(known) = self.kinds.lock().map_err(|_| ResolveError::Poisoned)?.get(&key) {
             return Ok(known.clone());
         }
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (resource, capabilities) = discovery::pinned_kind(&self.client, &gvk)
-            .await
-            .map_err(|e| format!("discovery of {api_version} {kind}: {e}"))?;
+        let (resource, capabilities) = discovery::pinned_kind(&self.client, &gvk).await.map_err(|source| {
+            ResolveError::Discovery { api_version: api_version.into(), kind: kind.into(), source }
+        })?;
         let found = Kind { resource, namespaced: capabilities.scope == discovery::Scope::Namespaced };
-        self.kinds.lock().map_err(|_| "poisoned")?.insert(key, found.clone());
+        self.kinds.lock().map_err(|_| ResolveError::Poisoned)?.insert(key, found.clone());
         Ok(found)
     }
 
-    /// Follows controller owner references from `controller` up to the topmost owner.
-    pub async fn resolve(&self, namespace: &str, controller: &OwnerReference) -> Result<ResolvedOwner, String> {
+    /// Fetches the object `reference` names, as seen from `namespace`, and checks that it is the
+    /// object the reference means (same uid, same namespace).
+    pub async fn fetch(&self, namespace: &str, reference: &OwnerReference) -> Result<(DynamicObject, bool), ResolveError> {
+        let kind = self.kind(&reference.api_version, &reference.kind).await?;
+        let api: Api<DynamicObject> = if kind.namespaced {
+            Api::namespaced_with(self.client.clone(), namespace, &kind.resource)
+        } else {
+            Api::all_with(self.client.clone(), &kind.resource)
+        };
+        let object = api.get(&reference.name).await.map_err(|source| ResolveError::Fetch {
+            kind: reference.kind.clone(),
+            name: reference.name.clone(),
+            source,
+        })?;
+        let found = object.metadata.uid.clone().unwrap_or_default();
+        if found != reference.uid {
+            return Err(ResolveError::UidMismatch {
+                kind: reference.kind.clone(),
+                name: reference.name.clone(),
+                claimed: reference.uid.clone(),
+                found,
+            });
+        }
+        if kind.namespaced && object.metadata.namespace.as_deref() != Some(namespace) {
+            return Err(ResolveError::NamespaceMismatch {
+                kind: reference.kind.clone(),
+                name: reference.name.clone(),
+                namespace: namespace.into(),
+            });
+        }
+        Ok((object, kind.namespaced))
+    }
+
+    /// Follows controller owner references from `controller` (of a pod in `namespace`) up to the
+    /// topmost owner; every link verified.
+    pub async fn chain(&self, namespace: &str, controller: &OwnerReference) -> Result<Chain, ResolveError> {
         let mut current = controller.clone();
-        let mut visited = Vec::new();
-        let top = loop {
-            if let Some(hit) = self.owners.lock().map_err(|_| "poisoned")?.get(&current.uid) {
-                break hit.clone();
+        let mut fetched: Chain = Vec::new();
+        let chain = loop {
+            let key = (namespace.to_string(), current.uid.clone());
+            if let Some(cached) = self.owners.lock().map_err(|_| ResolveError::Poisoned)?.get(&key) {
+                break fetched.iter().cloned().chain(cached.iter().cloned()).collect::<Chain>();
             }
-            if visited.len() == MAX_OWNER_DEPTH {
-                return Err("owner chain too long".into());
+            if fetched.len() == MAX_OWNER_DEPTH {
+                return Err(ResolveError::TooLong);
             }
-            visited.push(current.uid.clone());
-            let kind = self.kind(&current.api_version, &current.kind).await?;
-            let api: Api<DynamicObject> = if kind.namespaced {
-                Api::namespaced_with(self.client.clone(), namespace, &kind.resource)
-            } else {
-                Api::all_with(self.client.clone(), &kind.resource)
-            };
-            let object = api.get(&current.name).await.map_err(|e| format!("{} {}: {e}", current.kind, current.name))?;
+            let (object, namespaced) = self.fetch(namespace, &current).await?;
+            fetched.push(VerifiedOwner {
+                owner: Owner { api_version: current.api_version.clone(), kind: current.kind.clone(), name: current.name.clone() },
+                uid: current.uid.clone(),
+                namespaced,
+            });
             match controller_of(&object.metadata) {
                 Some(next) => current = next.clone(),
-                None => {
-                    break ResolvedOwner {
-                        owner: Owner {
-                            api_version: current.api_version.clone(),
-                            kind: current.kind.clone(),
-                            name: current.name.clone(),
-                        },
-                        uid: current.uid.clone(),
-                        namespaced: kind.namespaced,
-                    };
-                }
+                None => break fetched.clone(),
             }
         };
-        let mut cache = self.owners.lock().map_err(|_| "poisoned")?;
-        if cache.len() + visited.len() > OWNER_CACHE_LIMIT {
+        let mut cache = self.owners.lock().map_err(|_| ResolveError::Poisoned)?;
+        if cache.len() + fetched.len() > OWNER_CACHE_LIMIT {
             cache.clear();
         }
-        for uid in visited {
-            cache.insert(uid, top.clone());
+        for (index, link) in fetched.iter().enumerate() {
+            cache.insert((namespace.to_string(), link.uid.clone()), chain[index..].to_vec());
         }
-        Ok(top)
+        Ok(chain)
     }
 }
 
@@ -140,6 +179,7 @@ impl ClusterView for KubeCluster {
     }
 
     async fn topmost_owner(&self, namespace: &str, controller: &OwnerReference) -> Result<Owner, String> {
-        self.resolve(namespace, controller).await.map(|resolved| resolved.owner)
+        let chain = self.chain(namespace, controller).await.map_err(|e| e.to_string())?;
+        chain.last().map(|top| top.owner.clone()).ok_or_else(|| ResolveError::TooLong.to_string())
     }
 }

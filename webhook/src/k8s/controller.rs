@@ -1,41 +1,49 @@
-//! The per-owner controller: for every injected pod, its topmost owner gets a Secret `<owner>-sftp`
-//! (created once, gaps filled, never overwritten) and a Service `<owner>-sftp` (server-side apply,
-//! so every replica may reconcile). Services of owners without injected pods are removed by a
-//! periodic sweep; the Secret stays so the login survives re-enabling.
+//! The per-owner controller: for every injected pod whose claim (`podsftp.io/owner` label and
+//! annotation) its verified ownerReferences back, the owner gets a Secret `<stem>-sftp` (created
+//! once, gaps filled, never overwritten) and a Service `<stem>-sftp` (server-side apply, so every
+//! replica may reconcile). It only ever changes objects it created itself (label
+//! `app.kubernetes.io/managed-by: podsftp` and a controller reference to that very owner); anything
+//! else of the same name is reported as an Event and left alone. Service and login settings come
+//! from the owner's pod template, not from the pod. Services of owners that have had no injected
+//! pod for a grace period are removed by a periodic sweep; the Secret stays so the login survives
+//! re-enabling.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
-use serde_json::json;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
 
-use super::cluster::{KubeCluster, ResolvedOwner};
+use super::cluster::{KubeCluster, ResolveError};
+use crate::core::claim::{self, VerifiedOwner};
 use crate::core::credentials::{LoginRequest, missing_entries};
-use crate::core::{Owner, controller_of, keys, names};
+use crate::core::{controller_of, keys, names};
 use crate::metrics::Metrics;
 
 pub const FIELD_MANAGER: &str = "podsftp";
 const RESYNC: Duration = Duration::from_secs(600);
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
-/// A Service younger than this is never swept: another replica may have just created it for a pod
-/// this replica has not seen yet.
-const SWEEP_MIN_AGE_SECONDS: i64 = 60;
+/// Retry after a conflict with an object podsftp did not create (it may be a garbage-collected
+/// leftover of a deleted owner of the same name).
+const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 const SERVICE_TYPES: [&str; 3] = ["LoadBalancer", "NodePort", "ClusterIP"];
+/// Kubernetes drops Events whose note is longer than this many bytes.
+const EVENT_NOTE_MAX: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("topmost owner not resolved: {0}")]
-    Owner(String),
+    #[error("owner not resolved: {0}")]
+    Owner(#[from] ResolveError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("credentials: {0}")]
@@ -48,15 +56,17 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub default_service_type: String,
+    /// How long an owner may have no injected pod before its Service is removed.
+    pub service_grace: Duration,
 }
 
 impl Context {
-    pub fn new(cluster: Arc<KubeCluster>, metrics: Arc<Metrics>, default_service_type: String) -> Arc<Self> {
+    pub fn new(cluster: Arc<KubeCluster>, metrics: Arc<Metrics>, default_service_type: String, service_grace: Duration) -> Arc<Self> {
         let client = cluster.client().clone();
         let instance = std::env::var("HOSTNAME").ok();
         let reporter = Reporter { controller: "podsftp-webhook".into(), instance };
         let recorder = Recorder::new(client.clone(), reporter);
-        Arc::new(Context { client, cluster, recorder, metrics, default_service_type })
+        Arc::new(Context { client, cluster, recorder, metrics, default_service_type, service_grace })
     }
 }
 
@@ -75,49 +85,99 @@ pub async fn run(context: Arc<Context>) {
         .await;
 }
 
-/// Where the owner of an injected pod is, as recorded by the webhook at admission.
+/// The verified owner of an injected pod and what its Secret and Service are made of.
 struct OwnerTarget {
-    owner_name: String,
+    verified: VerifiedOwner,
+    namespace: String,
     owner_label: String,
-    reference: OwnerReference,
-    object: ObjectReference,
+    stem: String,
+    /// Annotations of the owner's pod template (the pod's own for a bare pod).
+    settings: BTreeMap<String, String>,
 }
 
-async fn owner_target(pod: &Pod, context: &Context) -> Result<Option<OwnerTarget>, ReconcileError> {
-    let annotations = pod.annotations();
-    let Some((kind, name)) = annotations.get(keys::OWNER_REF_ANNOTATION).and_then(|a| Owner::kind_and_name_from_annotation(a))
-    else {
-        return Ok(None);
-    };
-    let Some(owner_label) = pod.labels().get(keys::OWNER_LABEL).cloned() else { return Ok(None) };
-    let namespace = pod.namespace().unwrap_or_default();
-    let resolved = match controller_of(&pod.metadata) {
-        _ if kind == "Pod" => ResolvedOwner {
-            owner: Owner { api_version: "v1".into(), kind: "Pod".into(), name: pod.name_any() },
-            uid: pod.uid().unwrap_or_default(),
-            namespaced: true,
-        },
-        Some(controller) => context.cluster.resolve(&namespace, controller).await.map_err(ReconcileError::Owner)?,
-        None => return Err(ReconcileError::Owner(format!("{kind}/{name} has no controller reference on the pod"))),
-    };
-    let reference = OwnerReference {
-        api_version: resolved.owner.api_version.clone(),
-        kind: resolved.owner.kind.clone(),
-        name: resolved.owner.name.clone(),
-        uid: resolved.uid.clone(),
+impl OwnerTarget {
+    fn reference(&self) -> OwnerReference {
+        owner_reference(&self.verified)
+    }
+
+    fn object(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(self.verified.owner.api_version.clone()),
+            kind: Some(self.verified.owner.kind.clone()),
+            name: Some(self.verified.owner.name.clone()),
+            namespace: self.verified.namespaced.then(|| self.namespace.clone()),
+            uid: Some(self.verified.uid.clone()),
+            ..Default::default()
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.verified.owner.to_annotation()
+    }
+}
+
+/// The controller reference to `verified` that the Secret and Service carry.
+fn owner_reference(verified: &VerifiedOwner) -> OwnerReference {
+    OwnerReference {
+        api_version: verified.owner.api_version.clone(),
+        kind: verified.owner.kind.clone(),
+        name: verified.owner.name.clone(),
+        uid: verified.uid.clone(),
         controller: Some(true),
         // No finalizer rights are needed for blockOwnerDeletion=false.
         block_owner_deletion: Some(false),
+    }
+}
+
+/// Whether podsftp created `meta` for the owner with `owner_uid`: its managed-by label and a
+/// controller reference to that owner. Nothing else is ever changed or deleted.
+fn created_for(meta: &ObjectMeta, owner_uid: &str) -> bool {
+    let managed = meta.labels.as_ref().and_then(|l| l.get(keys::MANAGED_BY)).is_some_and(|v| v == keys::MANAGED_BY_VALUE);
+    managed && controller_of(meta).is_some_and(|r| r.uid == owner_uid)
+}
+
+/// The pod template annotations of an owner object (`spec.template`, or a CronJob's
+/// `spec.jobTemplate.spec.template`); `None` for an owner without a pod template.
+fn template_annotations(owner: &Value) -> Option<BTreeMap<String, String>> {
+    let spec = &owner["spec"];
+    let template = [&spec["template"], &spec["jobTemplate"]["spec"]["template"]].into_iter().find(|t| t.is_object())?;
+    Some(serde_json::from_value(template["metadata"]["annotations"].clone()).unwrap_or_default())
+}
+
+async fn owner_target(pod: &Pod, context: &Context) -> Result<Result<OwnerTarget, claim::ClaimError>, ReconcileError> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let chain = match controller_of(&pod.metadata) {
+        Some(controller) => context.cluster.chain(&namespace, controller).await?,
+        None => Vec::new(),
     };
-    let object = ObjectReference {
-        api_version: Some(resolved.owner.api_version),
-        kind: Some(resolved.owner.kind),
-        name: Some(resolved.owner.name),
-        namespace: resolved.namespaced.then(|| namespace.clone()),
-        uid: Some(resolved.uid),
-        ..Default::default()
+    let verified = match claim::verify(pod, &chain) {
+        Ok(verified) => verified,
+        Err(refused) => return Ok(Err(refused)),
     };
-    Ok(Some(OwnerTarget { owner_name: name.to_string(), owner_label, reference, object }))
+    let settings = if verified.owner.kind == "Pod" && chain.is_empty() {
+        pod.annotations().clone()
+    } else {
+        let (object, _) = context.cluster.fetch(&namespace, &owner_reference(&verified)).await?;
+        // An owner kind without a pod template (a custom resource) leaves the pod's annotations.
+        template_annotations(&object.data).unwrap_or_else(|| pod.annotations().clone())
+    };
+    Ok(Ok(OwnerTarget {
+        owner_label: names::owner_label(&verified.owner),
+        stem: verified.owner.resource_stem(),
+        verified,
+        namespace,
+        settings,
+    }))
+}
+/// What reconciling one of the two objects did.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Created,
+    Kept,
+    /// It exists but podsftp did not create it for this owner: left unchanged.
+    NotOurs,
+    /// The owner's annotations ask for something invalid: nothing written.
+    Refused(String),
 }
 
 async fn reconcile(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -130,37 +190,74 @@ async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, Reconcile
     if pod.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let Some(target) = owner_target(pod, context).await? else { return Ok(Action::await_change()) };
-    let namespace = pod.namespace().unwrap_or_default();
+    let target = match owner_target(pod, context).await? {
+        Ok(target) => target,
+        Err(refused) => {
+            let namespace = pod.namespace().unwrap_or_default();
+            tracing::warn!(namespace, pod = %pod.name_any(), %refused, "podsftp state of a pod not acted on");
+            let note = format!("podsftp ignores this pod: {refused}");
+            publish(context, &pod.object_ref(&()), EventType::Warning, "NotVerified", &note).await;
+            return Ok(Action::await_change());
+        }
+    };
     let outcome = async {
-        let secret_created = ensure_secret(pod, &namespace, &target, context).await?;
-        let service_created = apply_service(pod, &namespace, &target, context).await?;
-        Ok::<_, ReconcileError>((secret_created, service_created))
+        let secret = ensure_secret(&target, context).await?;
+        let service = apply_service(&target, context).await?;
+        Ok::<_, ReconcileError>([("Secret", names::secret_name(&target.stem), secret), ("Service", names::service_name(&target.stem), service)])
     }
     .await;
-    match outcome {
-        Ok((secret_created, service_created)) => {
-            for (created, what, name) in [
-                (secret_created, "Secret", names::secret_name(&target.owner_name)),
-                (service_created, "Service", names::service_name(&target.owner_name)),
-            ] {
-                if created {
-                    tracing::info!(namespace, owner = %target.owner_name, what, name, "created");
-                    publish(context, &target, EventType::Normal, "Created", format!("podsftp created {what} {name}")).await;
-                }
-            }
-            Ok(Action::requeue(RESYNC))
-        }
+    let results = match outcome {
+        Ok(results) => results,
         Err(error) => {
-            publish(context, &target, EventType::Warning, "Failed", format!("podsftp: {error}")).await;
-            Err(error)
+            publish(context, &target.object(), EventType::Warning, "Failed", &format!("podsftp: {error}")).await;
+            return Err(error);
+        }
+    };
+    let mut next = Action::requeue(RESYNC);
+    for (what, name, outcome) in results {
+        let namespace = &target.namespace;
+        match outcome {
+            Outcome::Created => {
+                tracing::info!(namespace, owner = %target.describe(), what, name, "created");
+                publish(context, &target.object(), EventType::Normal, "Created", &format!("podsftp created {what} {name}")).await;
+            }
+            Outcome::Kept => {}
+            Outcome::NotOurs => {
+                let note = format!(
+                    "{what} {name} exists but was not created by podsftp for {}: left unchanged",
+                    target.describe()
+                );
+                tracing::warn!(namespace, owner = %target.describe(), what, name, "not created by podsftp; left unchanged");
+                publish(context, &target.object(), EventType::Warning, "Conflict", &note).await;
+                next = Action::requeue(CONFLICT_RETRY);
+            }
+            Outcome::Refused(why) => {
+                tracing::warn!(namespace, owner = %target.describe(), what, name, why, "not written");
+                publish(context, &target.object(), EventType::Warning, "Refused", &format!("podsftp did not write {what} {name}: {why}")).await;
+            }
         }
     }
+    Ok(next)
 }
 
-async fn publish(context: &Context, target: &OwnerTarget, type_: EventType, reason: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-    if let Err(error) = context.recorder.publish(&event, &target.object).await {
+/// `text` cut to at most [`EVENT_NOTE_MAX`] bytes at a character boundary (longer notes make the
+/// apiserver drop the whole Event).
+fn event_note(text: &str) -> String {
+    if text.len() <= EVENT_NOTE_MAX {
+        return text.to_string();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut cut = EVENT_NOTE_MAX - ELLIPSIS.len();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.get(..cut).map(|head| format!("{head}{ELLIPSIS}")).unwrap_or_default()
+}
+
+async fn publish(context: &Context, regarding: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+    let event =
+        Event { type_, reason: reason.into(), note: Some(event_note(note)), action: "Reconcile".into(), secondary: None };
+    if let Err(error) = context.recorder.publish(&event, regarding).await {
         tracing::warn!(%error, "cannot publish event");
     }
 }
@@ -185,14 +282,18 @@ fn secret_data(entries: BTreeMap<String, String>) -> BTreeMap<String, ByteString
 }
 
 /// Creates the Secret when missing (another replica may win the race: 409 → fill gaps of the
-/// winner's), otherwise adds only missing keys. Returns whether this call created it.
-async fn ensure_secret(pod: &Pod, namespace: &str, target: &OwnerTarget, context: &Context) -> Result<bool, ReconcileError> {
-    let api: Api<Secret> = Api::namespaced(context.client.clone(), namespace);
-    let name = names::secret_name(&target.owner_name);
-    let annotations = pod.annotations();
+/// winner's), otherwise adds only missing keys to a Secret podsftp created for this owner.
+async fn ensure_secret(target: &OwnerTarget, context: &Context) -> Result<Outcome, ReconcileError> {
+    let api: Api<Secret> = Api::namespaced(context.client.clone(), &target.namespace);
+    let name = names::secret_name(&target.stem);
     let login = LoginRequest {
-        username: annotations.get(keys::USERNAME).map(String::as_str).filter(|u| !u.is_empty()).unwrap_or(&target.owner_name),
-        extra_authorized_keys: annotations.get(keys::AUTHORIZED_KEYS).map(String::as_str),
+        username: target
+            .settings
+            .get(keys::USERNAME)
+            .map(String::as_str)
+            .filter(|u| !u.is_empty())
+            .unwrap_or(&target.verified.owner.name),
+        extra_authorized_keys: target.settings.get(keys::AUTHORIZED_KEYS).map(String::as_str),
     };
     let existing = match api.get_opt(&name).await? {
         Some(existing) => existing,
@@ -201,9 +302,9 @@ async fn ensure_secret(pod: &Pod, namespace: &str, target: &OwnerTarget, context
             let secret = Secret {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
-                    namespace: Some(namespace.to_string()),
+                    namespace: Some(target.namespace.clone()),
                     labels: Some(managed_labels(&target.owner_label)),
-                    owner_references: Some(vec![target.reference.clone()]),
+                    owner_references: Some(vec![target.reference()]),
                     ..Default::default()
                 },
                 type_: Some("Opaque".into()),
@@ -211,12 +312,15 @@ async fn ensure_secret(pod: &Pod, namespace: &str, target: &OwnerTarget, context
                 ..Default::default()
             };
             match api.create(&PostParams::default(), &secret).await {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(Outcome::Created),
                 Err(kube::Error::Api(status)) if status.code == 409 => api.get(&name).await?,
                 Err(error) => return Err(error.into()),
             }
         }
     };
+    if !created_for(&existing.metadata, &target.verified.uid) {
+        return Ok(Outcome::NotOurs);
+    }
     let missing = missing_entries(&decoded(&existing), &login)?;
     if !missing.is_empty() {
         let data = secret_data(missing);
@@ -224,18 +328,31 @@ async fn ensure_secret(pod: &Pod, namespace: &str, target: &OwnerTarget, context
         let patch = json!({"metadata": {"resourceVersion": existing.resource_version()}, "data": data});
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     }
-    Ok(false)
+    Ok(Outcome::Kept)
 }
 
-/// The desired Service, from the pod (template) annotations.
-fn desired_service(pod: &Pod, namespace: &str, target: &OwnerTarget, default_type: &str) -> serde_json::Value {
-    let annotations = pod.annotations();
-    let service_type = annotations
+/// Whether a `podsftp.io/load-balancer-source-ranges` entry is not a CIDR (Kubernetes' own rule).
+fn invalid_cidr(range: &str) -> bool {
+    let Some((address, prefix)) = range.split_once('/') else { return true };
+    let max = match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => 32,
+        Ok(std::net::IpAddr::V6(_)) => 128,
+        Err(_) => return true,
+    };
+    !prefix.parse::<u8>().is_ok_and(|p| p <= max && !prefix.starts_with('+'))
+}
+
+/// The desired Service, from the owner's template annotations; `Err` with the reason when they ask
+/// for something the Service cannot be (never applied half-way: dropping invalid source ranges
+/// would open the Service to every address).
+fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, String> {
+    let settings = &target.settings;
+    let service_type = settings
         .get(keys::SERVICE_TYPE)
-        .and_then(|t| SERVICE_TYPES.iter().find(|known| known.eq_ignore_ascii_case(t)))
+        .and_then(|t| SERVICE_TYPES.iter().find(|known| known.eq_ignore_ascii_case(t.trim())))
         .copied()
         .unwrap_or(default_type);
-    let port = annotations.get(keys::SERVICE_PORT).and_then(|p| p.trim().parse::<u16>().ok()).filter(|p| *p > 0).unwrap_or(22);
+    let port = settings.get(keys::SERVICE_PORT).and_then(|p| p.trim().parse::<u16>().ok()).filter(|p| *p > 0).unwrap_or(22);
     let mut spec = json!({
         "type": service_type,
         "selector": {keys::OWNER_LABEL: target.owner_label},
@@ -243,32 +360,49 @@ fn desired_service(pod: &Pod, namespace: &str, target: &OwnerTarget, default_typ
         "ports": [{"name": "sftp", "port": port, "targetPort": keys::SIDECAR_PORT, "protocol": "TCP"}],
         "sessionAffinity": "ClientIP",
     });
-    let ranges: Vec<&str> = annotations
+    let ranges: Vec<&str> = settings
         .get(keys::LOAD_BALANCER_SOURCE_RANGES)
         .map(|r| r.split(',').map(str::trim).filter(|r| !r.is_empty()).collect())
         .unwrap_or_default();
+    if let Some(bad) = ranges.iter().find(|r| invalid_cidr(r)) {
+        let shown: String = bad.chars().take(64).collect();
+        return Err(format!("{}: {shown:?} is not a CIDR such as 203.0.113.0/24", keys::LOAD_BALANCER_SOURCE_RANGES));
+    }
     if service_type == "LoadBalancer" && !ranges.is_empty() {
         spec["loadBalancerSourceRanges"] = json!(ranges);
     }
-    json!({
+    Ok(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {
-            "name": names::service_name(&target.owner_name), "namespace": namespace,
+            "name": names::service_name(&target.stem), "namespace": target.namespace,
             "labels": managed_labels(&target.owner_label),
-            "ownerReferences": [target.reference],
+            "ownerReferences": [target.reference()],
         },
         "spec": spec,
-    })
+    }))
 }
 
-/// Server-side applies the Service; returns whether it did not exist before.
-async fn apply_service(pod: &Pod, namespace: &str, target: &OwnerTarget, context: &Context) -> Result<bool, ReconcileError> {
-    let api: Api<Service> = Api::namespaced(context.client.clone(), namespace);
-    let name = names::service_name(&target.owner_name);
-    let existed = api.get_opt(&name).await?.is_some();
-    let desired = desired_service(pod, namespace, target, &context.default_service_type);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
-    Ok(!existed)
+/// Server-side applies the Service when it is missing or podsftp's own for this owner. The apply
+/// is not forced: should a same-named Service appear between the check and the apply, its fields
+/// owned by someone else make the apply fail instead of taking it over.
+async fn apply_service(target: &OwnerTarget, context: &Context) -> Result<Outcome, ReconcileError> {
+    let api: Api<Service> = Api::namespaced(context.client.clone(), &target.namespace);
+    let name = names::service_name(&target.stem);
+    let existing = api.get_opt(&name).await?;
+    if existing.as_ref().is_some_and(|s| !created_for(&s.metadata, &target.verified.uid)) {
+        return Ok(Outcome::NotOurs);
+    }
+    let desired = match desired_service(target, &context.default_service_type) {
+        Ok(desired) => desired,
+        Err(why) => return Ok(Outcome::Refused(why)),
+    };
+    match api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&desired)).await {
+        Ok(_) if existing.is_none() => Ok(Outcome::Created),
+        Ok(_) => Ok(Outcome::Kept),
+        // Invalid (422) or conflicting (409) with what the apiserver has: the apiserver's own words.
+        Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => Ok(Outcome::Refused(status.message.clone())),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn error_policy(_pod: Arc<Pod>, error: &ReconcileError, _context: Arc<Context>) -> Action {
@@ -276,7 +410,34 @@ fn error_policy(_pod: Arc<Pod>, error: &ReconcileError, _context: Arc<Context>) 
     Action::requeue(Duration::from_secs(10))
 }
 
-/// Deletes managed Services whose owner has no injected pod left.
+/// When each managed Service was first seen without an injected pod of its owner, per replica.
+#[derive(Default)]
+struct IdleServices {
+    since: HashMap<String, Instant>,
+}
+
+impl IdleServices {
+    /// Records one sweep's view — `(Service uid, whether its owner has an injected pod)` — and
+    /// returns the uids idle for at least `grace`. Services no longer listed are forgotten.
+    fn observe(&mut self, now: Instant, services: &[(String, bool)], grace: Duration) -> Vec<String> {
+        let listed: HashSet<&String> = services.iter().map(|(uid, _)| uid).collect();
+        self.since.retain(|uid, _| listed.contains(uid));
+        let mut expired = Vec::new();
+        for (uid, has_pods) in services {
+            if *has_pods {
+                self.since.remove(uid);
+                continue;
+            }
+            let since = *self.since.entry(uid.clone()).or_insert(now);
+            if now.duration_since(since) >= grace {
+                expired.push(uid.clone());
+            }
+        }
+        expired
+    }
+}
+
+/// Deletes podsftp's Services whose owner has had no injected pod for the grace period.
 async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
     // The store's readiness signal wakes only its most recent waiter (the controller's runner), so
     // poll it again every second instead of waiting once.
@@ -292,7 +453,8 @@ async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
     }
     tracing::debug!("pod cache ready; sweeping Services of owners without injected pods");
     let services: Api<Service> = Api::all(context.client.clone());
-    let selector = format!("{}={}", keys::MANAGED_BY, keys::MANAGED_BY_VALUE);
+    let selector = format!("{}={},{}", keys::MANAGED_BY, keys::MANAGED_BY_VALUE, keys::OWNER_LABEL);
+    let mut idle = IdleServices::default();
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let list = match services.list(&ListParams::default().labels(&selector)).await {
@@ -302,31 +464,86 @@ async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
                 continue;
             }
         };
-        let now = k8s_openapi::jiff::Timestamp::now();
         // (namespace, owner label) of every injected pod, once per sweep.
         let owners_with_pods: HashSet<(String, String)> = pods
             .state()
             .iter()
             .filter_map(|pod| Some((pod.namespace()?, pod.labels().get(keys::OWNER_LABEL)?.clone())))
             .collect();
-        for service in list {
-            let namespace = service.namespace().unwrap_or_default();
-            let Some(owner_label) = service.labels().get(keys::OWNER_LABEL).cloned() else { continue };
-            let old_enough = service
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .is_some_and(|created| now.as_second() - created.0.as_second() >= SWEEP_MIN_AGE_SECONDS);
-            let has_pods = owners_with_pods.contains(&(namespace.clone(), owner_label));
-            tracing::debug!(namespace, service = %service.name_any(), old_enough, has_pods, "sweep");
-            if old_enough && !has_pods {
-                let name = service.name_any();
-                let api: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => tracing::info!(namespace, name, "removed Service of an owner without injected pods"),
-                    Err(error) => tracing::warn!(namespace, name, %error, "cannot remove Service"),
-                }
+        let ours: Vec<&Service> = list.items.iter().filter(|s| controller_of(&s.metadata).is_some()).collect();
+        let observed: Vec<(String, bool)> = ours
+            .iter()
+            .filter_map(|service| {
+                let key = (service.namespace()?, service.labels().get(keys::OWNER_LABEL)?.clone());
+                Some((service.uid()?, owners_with_pods.contains(&key)))
+            })
+            .collect();
+        let expired = idle.observe(Instant::now(), &observed, context.service_grace);
+        for service in ours.into_iter().filter(|s| s.uid().is_some_and(|uid| expired.contains(&uid))) {
+            let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
+            let api: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
+            // The uid precondition: a Service recreated under the same name meanwhile is not touched.
+            let preconditions = Preconditions { uid: service.uid(), resource_version: None };
+            match api.delete(&name, &DeleteParams { preconditions: Some(preconditions), ..Default::default() }).await {
+                Ok(_) => tracing::info!(namespace, name, "removed Service of an owner without injected pods"),
+                Err(error) => tracing::warn!(namespace, name, %error, "cannot remove Service"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_at_a_character_boundary() {
+        assert_eq!(event_note("short"), "short");
+        let long = format!("{}é{}", "a".repeat(1022), "b".repeat(2000));
+        let note = event_note(&long);
+        assert!(note.len() <= EVENT_NOTE_MAX, "{}", note.len());
+        assert!(note.ends_with('…') && note.starts_with("aaa"));
+        assert!(event_note(&"日本".repeat(400)).len() <= EVENT_NOTE_MAX);
+    }
+
+    #[test]
+    fn only_objects_created_for_this_owner_are_ours() {
+        let meta = |labels: serde_json::Value, owners: serde_json::Value| -> ObjectMeta {
+            serde_json::from_value(json!({"labels": labels, "ownerReferences": owners})).unwrap()
+        };
+        let managed = json!({"app.kubernetes.io/managed-by": "podsftp"});
+        let owned_by = |uid: &str| json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": uid, "controller": true}]);
+        assert!(created_for(&meta(managed.clone(), owned_by("u1")), "u1"));
+        assert!(!created_for(&meta(managed.clone(), owned_by("u2")), "u1"), "another owner's (same name, new uid)");
+        assert!(!created_for(&meta(json!({}), owned_by("u1")), "u1"), "not labelled as podsftp's");
+        assert!(!created_for(&meta(managed, json!([])), "u1"), "a user's Service with podsftp's label");
+    }
+
+    #[test]
+    fn source_ranges_must_be_cidrs() {
+        for good in ["10.0.0.0/8", "0.0.0.0/0", "2001:db8::/32", "192.0.2.1/32"] {
+            assert!(!invalid_cidr(good), "{good}");
+        }
+        for bad in ["10.0.0.0", "10.0.0.0/33", "not-a-cidr", "10.0.0.0/+8", "::/129", "/8", ""] {
+            assert!(invalid_cidr(bad), "{bad}");
+        }
+    }
+
+    /// Issue 11, item 15: the grace period runs from the moment the owner's pods are gone, not from
+    /// the Service's creation; a pod coming back restarts it.
+    #[test]
+    fn services_expire_only_after_a_grace_period_without_pods() {
+        let grace = Duration::from_secs(600);
+        let start = Instant::now();
+        let mut idle = IdleServices::default();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert!(idle.observe(at(0), &[("a".into(), true)], grace).is_empty());
+        assert!(idle.observe(at(15), &[("a".into(), false)], grace).is_empty(), "pods just gone");
+        assert!(idle.observe(at(600), &[("a".into(), false)], grace).is_empty(), "585 s without pods");
+        assert!(idle.observe(at(610), &[("a".into(), true)], grace).is_empty(), "back: clock restarts");
+        assert!(idle.observe(at(620), &[("a".into(), false)], grace).is_empty());
+        assert_eq!(idle.observe(at(1220), &[("a".into(), false)], grace), ["a"]);
+        assert!(idle.observe(at(1230), &[], grace).is_empty());
+        assert!(idle.since.is_empty(), "deleted Services are forgotten");
     }
 }
