@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use time::OffsetDateTime;
 
@@ -69,6 +71,36 @@ pub fn seconds_left(cert_pem: &str) -> Result<i64, PkiError> {
     Ok(cert.validity().not_after.timestamp() - OffsetDateTime::now_utc().unix_timestamp())
 }
 
+/// Every certificate of a PEM bundle, in order, as separate PEM texts; parts that do not parse are
+/// left out.
+pub fn split_bundle(bundle_pem: &str) -> Vec<String> {
+    x509_parser::pem::Pem::iter_from_buffer(bundle_pem.as_bytes())
+        .map_while(Result::ok)
+        .filter(|pem| pem.label == "CERTIFICATE" && pem.parse_x509().is_ok())
+        .map(|pem| {
+            let body = base64::engine::general_purpose::STANDARD.encode(&pem.contents);
+            let lines: Vec<&str> = body.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
+            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+        })
+        .collect()
+}
+
+/// Whether `key_pem` is the private key of the first certificate in `cert_pem`.
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(key) = KeyPair::from_pem(key_pem) else { return false };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return false };
+    let Ok(cert) = pem.parse_x509() else { return false };
+    cert.public_key().raw == key.subject_public_key_info().as_slice()
+}
+
+/// Whether the first certificate in `cert_pem` carries a valid signature of the first one in `ca_pem`.
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let parse = |text: &str| x509_parser::pem::parse_x509_pem(text.as_bytes()).ok().map(|(_, pem)| pem);
+    let (Some(cert), Some(ca)) = (parse(cert_pem), parse(ca_pem)) else { return false };
+    let (Ok(cert), Ok(ca)) = (cert.parse_x509(), ca.parse_x509()) else { return false };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// Whether `cert_pem` names every one of `sans` (so a changed `--tls-extra-san` forces a new one).
 pub fn covers(cert_pem: &str, sans: &[String]) -> bool {
     let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return false };
@@ -105,5 +137,19 @@ mod tests {
         let left = seconds_left(&serving.cert_pem).unwrap();
         assert!(left > 364 * 24 * 3600 && left <= 365 * 24 * 3600, "{left}");
         crate::tls::certified_key(serving.cert_pem.as_bytes(), serving.key_pem.as_bytes()).unwrap();
+        assert!(signed_by(&serving.cert_pem, &ca.cert_pem));
+        assert!(key_matches(&serving.cert_pem, &serving.key_pem));
+        let other = new_ca("other CA", CA_VALIDITY).unwrap();
+        assert!(!signed_by(&serving.cert_pem, &other.cert_pem));
+        assert!(!key_matches(&ca.cert_pem, &other.key_pem));
+    }
+
+    #[test]
+    fn bundles_split_into_their_certificates() {
+        let (a, b) = (new_ca("a", CA_VALIDITY).unwrap(), new_ca("b", CA_VALIDITY).unwrap());
+        let bundle = format!("{}garbage\n{}", a.cert_pem, b.cert_pem);
+        let parts = split_bundle(&bundle);
+        assert_eq!(parts.len(), 2);
+        assert!(seconds_left(&parts[1]).is_ok() && signed_by(&parts[0], &a.cert_pem));
     }
 }
