@@ -280,6 +280,43 @@ impl Drop for ChartArgsWebhook {
     }
 }
 
+/// A kubeconfig file (in `dir`) that talks to the test cluster as the release's ServiceAccount,
+/// so the host-run webhook has exactly the chart's RBAC.
+fn service_account_kubeconfig(release: &Release, dir: &std::path::Path) -> std::path::PathBuf {
+    let admin = kubectl_json(&["config", "view", "--raw", "--minify"]);
+    let cluster = &admin["clusters"][0]["cluster"];
+    let token = kubectl(&["create", "token", &release.fullname(), "-n", &release.namespace, "--duration=1h"]);
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "test", "cluster": {"server": cluster["server"], "certificate-authority-data": cluster["certificate-authority-data"]}}],
+        "users": [{"name": "sa", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa"}}],
+    });
+    let path = dir.join("service-account.kubeconfig");
+    std::fs::write(&path, config.to_string()).expect("write kubeconfig");
+    path
+}
+
+/// The ClusterRole's rules as `group resource verb [name]` lines, sorted.
+fn granted(rules: &serde_json::Value) -> Vec<String> {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    let mut lines = Vec::new();
+    for rule in rules.as_array().into_iter().flatten() {
+        let names = strings(&rule["resourceNames"]).join(",");
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    lines.push(format!("{group} {resource} {verb} {names}").trim_end().to_string());
+                }
+            }
+        }
+    }
+    lines.sort();
+    lines
+}
+
 /// Creates pod NAME (the test app image) in NAMESPACE and returns it as stored.
 fn create_pod(name: &str, namespace: &str, labels: &[(&str, &str)]) -> serde_json::Value {
     let _ = try_run("kubectl", &["delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=false", "--grace-period=0", "--force"], None);
@@ -324,10 +361,35 @@ fn auto_mode_webhook_on_the_host_creates_its_certificate_and_patches_labelled_po
         })
         .collect();
     assert!(args.contains(&"--tls-extra-san=127.0.0.1".to_string()), "{args:?}");
-    let log = std::fs::File::create(std::env::temp_dir().join("podsftp-chart-auto-webhook.log")).expect("log file");
+
+    // Least privilege (issue 11): exactly these rules, each used by the code (rbac.yaml says why);
+    // the webhook below runs as the release's ServiceAccount, so a missing one fails it.
+    let cluster_role = kubectl_json(&["get", "clusterrole", &release.cluster_name()]);
+    let cluster_name = release.cluster_name();
+    let mut expected: Vec<String> = [
+        " namespaces get", " namespaces list", " namespaces watch", " pods list", " pods watch",
+        " replicationcontrollers get", " secrets create", " secrets get", " secrets patch", " services create",
+        " services delete", " services get", " services list", " services patch", "apps daemonsets get",
+        "apps deployments get", "apps replicasets get", "apps statefulsets get", "batch cronjobs get", "batch jobs get",
+        "events.k8s.io events create", "events.k8s.io events patch",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["get", "patch"].map(|verb| format!("admissionregistration.k8s.io mutatingwebhookconfigurations {verb} {cluster_name}")))
+    .collect();
+    expected.sort();
+    assert_eq!(granted(&cluster_role["rules"]), expected);
+    let role = kubectl_json(&["get", "role", &format!("{fullname}-tls"), "-n", &ns.name]);
+    assert_eq!(granted(&role["rules"]), [format!(" secrets list {fullname}-tls"), format!(" secrets watch {fullname}-tls")]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = service_account_kubeconfig(&release, dir.path());
+
+    let log_path = std::env::temp_dir().join("podsftp-chart-auto-webhook.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
     let _webhook = ChartArgsWebhook(
         Command::new(&binary)
             .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
             .stdout(Stdio::from(log.try_clone().expect("log file")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -365,6 +427,23 @@ fn auto_mode_webhook_on_the_host_creates_its_certificate_and_patches_labelled_po
 
     let pod = create_pod("opted-in", &plain.name, &[("sftp", "enabled")]);
     assert!(injected(&pod) && has_sidecar(&pod), "sftp=enabled pod in a plain namespace not patched: {}", pod["metadata"]);
+    // The controller's paths with the chart's RBAC: owner lookup, Secret, Service, Event.
+    kubectl_apply(&format!(
+        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "files", "namespace": "{ns}"}},
+            "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "files"}}}},
+              "template": {{"metadata": {{"labels": {{"app": "files"}}, "annotations": {{"podsftp.io/service-type": "ClusterIP"}}}},
+                "spec": {{"containers": [{{"name": "app", "image": "localhost/podsftp/test-legacy:0.1.0"}}]}}}}}}}}"#,
+        ns = labelled.name
+    ));
+    eventually("Secret, Service and Created event of Deployment files", WAIT, || {
+        let made = ["secret", "service"].iter().all(|kind| exists(kind, "files-sftp", Some(&labelled.name)));
+        let events = kubectl(&["get", "events", "-n", &labelled.name, "--field-selector", "involvedObject.name=files,reason=Created", "-o", "name"]);
+        if made && !events.trim().is_empty() { Ok(()) } else { Err(std::fs::read_to_string(&log_path).unwrap_or_default()) }
+    });
+    // Two sweeps (list of Services) have run by now.
+    std::thread::sleep(Duration::from_secs(31));
+    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!log_text.contains("forbidden"), "the chart's RBAC refused a call:\n{log_text}");
     for (name, namespace, labels) in [
         ("opted-out", &labelled.name, &[("sftp", "disabled")][..]),
         ("unlabelled", &plain.name, &[]),
