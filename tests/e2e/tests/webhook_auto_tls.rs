@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use base64::Engine;
-use podsftp_e2e::helm::{TestNamespace, eventually, kubectl, kubectl_apply, kubectl_json, require_cluster};
+use podsftp_e2e::helm::{TestNamespace, eventually, kubectl, kubectl_apply, kubectl_json, require_cluster, try_run};
+use podsftp_webhook::pki::{CertAndKey, SERVING_VALIDITY, issue_serving};
 use podsftp_e2e::webhook::{HostWebhook, Registration, Tls, free_address, is_injected};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -51,5 +52,36 @@ fn auto_mode_creates_its_certificate_and_patches_the_ca_bundle() {
     let second = HostWebhook::start(&system.name, Tls::Auto { secret: "podsftp-webhook-tls".into(), webhook_configuration: registration.name.clone() }, &[]);
     let after = kubectl(&["get", "secret", "podsftp-webhook-tls", "-n", &system.name, "-o", "jsonpath={.data.ca\\.crt}"]);
     assert_eq!(after, ca_bundle, "the CA is shared, not replaced");
+
+    // Issue 11, item 16: a pair written to the Secret (as another replica's renewal does) is served
+    // by every replica promptly, not at its next hourly check.
+    let decode = |key: &str| {
+        let value = secret["data"][key].as_str().unwrap_or_else(|| panic!("{key} in the Secret"));
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(value).expect("base64")).expect("PEM text")
+    };
+    let ca = CertAndKey { cert_pem: decode("ca.crt"), key_pem: decode("ca.key") };
+    let renewed = issue_serving(&ca, &["127.0.0.1".to_string()], SERVING_VALIDITY).expect("serving certificate");
+    let encode = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let patch = serde_json::json!({"data": {"tls.crt": encode(&renewed.cert_pem), "tls.key": encode(&renewed.key_pem)}});
+    kubectl(&["patch", "secret", "podsftp-webhook-tls", "-n", &system.name, "--type=merge", "-p", &patch.to_string()]);
+    let wanted = pem_body(&renewed.cert_pem);
+    for replica in [&webhook, &second] {
+        eventually("both replicas serving the renewed certificate", Duration::from_secs(20), || {
+            let served = served_certificate(replica);
+            if served == wanted { Ok(()) } else { Err(format!("serving {served:.40}…; log:\n{}", replica.log_text())) }
+        });
+    }
     drop(second);
+}
+
+/// The base64 body of the first PEM block of `pem`, without line breaks.
+fn pem_body(pem: &str) -> String {
+    pem.lines().skip_while(|l| !l.starts_with("-----BEGIN")).skip(1).take_while(|l| !l.starts_with("-----END")).collect()
+}
+
+/// The certificate a replica presents in a TLS handshake (`openssl s_client`).
+fn served_certificate(replica: &HostWebhook) -> String {
+    let connect = replica.listen.to_string();
+    let output = try_run("openssl", &["s_client", "-connect", &connect, "-servername", "localhost"], Some("")).unwrap_or_default();
+    pem_body(&output)
 }

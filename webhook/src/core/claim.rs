@@ -29,6 +29,8 @@ pub enum ClaimError {
     LabelMismatch { claimed: String },
     #[error("the pod has no uid yet")]
     NoUid,
+    #[error("its owner references do not check out: {0}")]
+    OwnersUnverified(String),
 }
 
 /// The owner a pod's claim names, if `chain` (the pod's controller and its controllers, verified,

@@ -147,7 +147,14 @@ fn template_annotations(owner: &Value) -> Option<BTreeMap<String, String>> {
 async fn owner_target(pod: &Pod, context: &Context) -> Result<Result<OwnerTarget, claim::ClaimError>, ReconcileError> {
     let namespace = pod.namespace().unwrap_or_default();
     let chain = match controller_of(&pod.metadata) {
-        Some(controller) => context.cluster.chain(&namespace, controller).await?,
+        Some(controller) => match context.cluster.chain(&namespace, controller).await {
+            Ok(chain) => chain,
+            // A reference to an object that is not what it claims will not heal by retrying.
+            Err(forged @ (ResolveError::UidMismatch { .. } | ResolveError::NamespaceMismatch { .. } | ResolveError::TooLong)) => {
+                return Ok(Err(claim::ClaimError::OwnersUnverified(forged.to_string())));
+            }
+            Err(error) => return Err(error.into()),
+        },
         None => Vec::new(),
     };
     let verified = match claim::verify(pod, &chain) {
