@@ -65,6 +65,16 @@ fn assert_owner_resources(namespace: &str, name: &str, kind: &str, owner_uid: &s
     secret
 }
 
+/// A Deployment `name` of one busybox container whose pod template has `annotations` (a JSON object).
+fn deployment(namespace: &str, name: &str, replicas: u32, annotations: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "{name}", "namespace": "{namespace}"}},
+            "spec": {{"replicas": {replicas}, "selector": {{"matchLabels": {{"app": "{name}"}}}},
+              "template": {{"metadata": {{"labels": {{"app": "{name}"}}, "annotations": {annotations}}},
+                "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#
+    )
+}
+
 /// Waits for an Event with `reason` about the object `name` and returns its message.
 fn event_message(namespace: &str, name: &str, reason: &str) -> String {
     eventually(&format!("a {reason} event about {name}"), WAIT, || {
@@ -246,23 +256,15 @@ fn service_follows_template_annotations_and_goes_when_no_injected_pod_remains() 
     require_cluster();
     let ns = TestNamespace::create("wh-lifecycle", &injection_enabled());
     let (webhook, _registration) = webhook_with("wh-lifecycle", "Fail", &[&ns.name], &["--service-grace-period-seconds", "20"]);
-    let deployment = |port: u16| {
-        format!(
-            r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "files", "namespace": "{ns}"}},
-                "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "files"}}}},
-                  "template": {{"metadata": {{"labels": {{"app": "files"}}, "annotations": {{"podsftp.io/service-port": "{port}"}}}},
-                    "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
-            ns = ns.name
-        )
-    };
+    let files = |port: u16| deployment(&ns.name, "files", 1, &format!(r#"{{"podsftp.io/service-port": "{port}"}}"#));
     let service_port = || -> Result<u64, String> {
         get("service", "files-sftp", &ns.name).map(|s| s["spec"]["ports"][0]["port"].as_u64().unwrap_or_default())
     };
-    kubectl_apply(&deployment(2022));
+    kubectl_apply(&files(2022));
     eventually("Service files-sftp on port 2022", WAIT, || service_port().and_then(|p| if p == 2022 { Ok(()) } else { Err(format!("port {p}")) }));
 
     // A new template creates a new ReplicaSet whose pods carry the new annotation.
-    kubectl_apply(&deployment(2200));
+    kubectl_apply(&files(2200));
     eventually("Service files-sftp on port 2200", WAIT, || service_port().and_then(|p| if p == 2200 { Ok(()) } else { Err(format!("port {p}")) }));
 
     // No injected pod left: the Service goes after the grace period (20 s here), the login stays.
@@ -315,13 +317,7 @@ fn forged_podsftp_state_on_a_pod_changes_nothing() {
     require_cluster();
     let ns = TestNamespace::create("wh-forged", &injection_enabled());
     let (_webhook, _registration) = webhook_for("wh-forged", "Fail", &[&ns.name]);
-    kubectl_apply(&format!(
-        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "victim2", "namespace": "{ns}"}},
-            "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "victim2"}}}},
-              "template": {{"metadata": {{"labels": {{"app": "victim2"}}}},
-                "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
-        ns = ns.name
-    ));
+    kubectl_apply(&deployment(&ns.name, "victim2", 1, "{}"));
     let victim_uid = uid("deployment", "victim2", &ns.name);
     assert_owner_resources(&ns.name, "victim2", "Deployment", &victim_uid);
     let before = kubectl_json(&["get", "service", "victim2-sftp", "-n", &ns.name]);
@@ -439,13 +435,7 @@ fn service_outlives_a_short_gap_without_pods() {
     require_cluster();
     let ns = TestNamespace::create("wh-gap", &injection_enabled());
     let (_webhook, _registration) = webhook_for("wh-gap", "Fail", &[&ns.name]);
-    kubectl_apply(&format!(
-        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "gap", "namespace": "{ns}"}},
-            "spec": {{"replicas": 1, "strategy": {{"type": "Recreate"}}, "selector": {{"matchLabels": {{"app": "gap"}}}},
-              "template": {{"metadata": {{"labels": {{"app": "gap"}}}},
-                "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
-        ns = ns.name
-    ));
+    kubectl_apply(&deployment(&ns.name, "gap", 1, "{}"));
     let service = eventually("Service gap-sftp", WAIT, || get("service", "gap-sftp", &ns.name));
     let service_uid = service["metadata"]["uid"].clone();
     // Older than the 60 s the previous sweep waited for, so only the grace period protects it.
@@ -469,14 +459,8 @@ fn invalid_source_ranges_are_reported_in_a_short_event() {
     let ns = TestNamespace::create("wh-ranges", &injection_enabled());
     let (_webhook, _registration) = webhook_for("wh-ranges", "Fail", &[&ns.name]);
     let ranges = format!("10.0.0.0/8,{}", "not-a-cidr-".repeat(200));
-    kubectl_apply(&format!(
-        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "ranges", "namespace": "{ns}"}},
-            "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "ranges"}}}},
-              "template": {{"metadata": {{"labels": {{"app": "ranges"}},
-                  "annotations": {{"podsftp.io/service-type": "LoadBalancer", "podsftp.io/load-balancer-source-ranges": "{ranges}"}}}},
-                "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
-        ns = ns.name
-    ));
+    let annotations = format!(r#"{{"podsftp.io/service-type": "LoadBalancer", "podsftp.io/load-balancer-source-ranges": "{ranges}"}}"#);
+    kubectl_apply(&deployment(&ns.name, "ranges", 1, &annotations));
     let message = event_message(&ns.name, "ranges", "Refused");
     assert!(message.len() <= 1024, "{} bytes", message.len());
     assert!(message.contains("podsftp.io/load-balancer-source-ranges") && message.contains("ranges-sftp"), "{message}");
