@@ -72,6 +72,15 @@ fn auto_mode_creates_its_certificate_and_patches_the_ca_bundle() {
         });
     }
     drop(second);
+
+    // Issue 11, item 16: a serving pair that does not parse is reissued under the same CA (the
+    // bundle the apiserver trusts stays valid), by the next replica that starts.
+    let broken = serde_json::json!({"data": {"tls.key": encode("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")}});
+    kubectl(&["patch", "secret", "podsftp-webhook-tls", "-n", &system.name, "--type=merge", "-p", &broken.to_string()]);
+    let third = HostWebhook::start(&system.name, Tls::Auto { secret: "podsftp-webhook-tls".into(), webhook_configuration: registration.name.clone() }, &[]);
+    let repaired = kubectl_json(&["get", "secret", "podsftp-webhook-tls", "-n", &system.name]);
+    assert_eq!(repaired["data"]["ca.crt"], secret["data"]["ca.crt"], "the CA was replaced:\n{}", third.log_text());
+    assert_ne!(repaired["data"]["tls.key"], broken["data"]["tls.key"], "the broken key was not replaced");
 }
 
 /// The base64 body of the first PEM block of `pem`, without line breaks.

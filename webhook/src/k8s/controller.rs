@@ -203,7 +203,7 @@ async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, Reconcile
             let namespace = pod.namespace().unwrap_or_default();
             tracing::warn!(namespace, pod = %pod.name_any(), %refused, "podsftp state of a pod not acted on");
             let note = format!("podsftp ignores this pod: {refused}");
-            publish(context, &pod.object_ref(&()), EventType::Warning, "NotVerified", &note).await;
+            publish(context, &pod.object_ref(&()), None, EventType::Warning, "NotVerified", &note).await;
             return Ok(Action::await_change());
         }
     };
@@ -216,17 +216,27 @@ async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, Reconcile
     let results = match outcome {
         Ok(results) => results,
         Err(error) => {
-            publish(context, &target.object(), EventType::Warning, "Failed", &format!("podsftp: {error}")).await;
+            publish(context, &target.object(), None, EventType::Warning, "Failed", &format!("podsftp: {error}")).await;
             return Err(error);
         }
     };
     let mut next = Action::requeue(RESYNC);
     for (what, name, outcome) in results {
         let namespace = &target.namespace;
+        // The recorder folds Events with the same reason about the same object into one series
+        // (keeping the first note): the Secret or Service as related object keeps them apart.
+        let related = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some(what.into()),
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        };
         match outcome {
             Outcome::Created => {
                 tracing::info!(namespace, owner = %target.describe(), what, name, "created");
-                publish(context, &target.object(), EventType::Normal, "Created", &format!("podsftp created {what} {name}")).await;
+                let note = format!("podsftp created {what} {name}");
+                publish(context, &target.object(), Some(related), EventType::Normal, "Created", &note).await;
             }
             Outcome::Kept => {}
             Outcome::NotOurs => {
@@ -235,12 +245,13 @@ async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, Reconcile
                     target.describe()
                 );
                 tracing::warn!(namespace, owner = %target.describe(), what, name, "not created by podsftp; left unchanged");
-                publish(context, &target.object(), EventType::Warning, "Conflict", &note).await;
+                publish(context, &target.object(), Some(related), EventType::Warning, "Conflict", &note).await;
                 next = Action::requeue(CONFLICT_RETRY);
             }
             Outcome::Refused(why) => {
                 tracing::warn!(namespace, owner = %target.describe(), what, name, why, "not written");
-                publish(context, &target.object(), EventType::Warning, "Refused", &format!("podsftp did not write {what} {name}: {why}")).await;
+                let note = format!("podsftp did not write {what} {name}: {why}");
+                publish(context, &target.object(), Some(related), EventType::Warning, "Refused", &note).await;
             }
         }
     }
@@ -261,9 +272,15 @@ fn event_note(text: &str) -> String {
     text.get(..cut).map(|head| format!("{head}{ELLIPSIS}")).unwrap_or_default()
 }
 
-async fn publish(context: &Context, regarding: &ObjectReference, type_: EventType, reason: &str, note: &str) {
-    let event =
-        Event { type_, reason: reason.into(), note: Some(event_note(note)), action: "Reconcile".into(), secondary: None };
+async fn publish(
+    context: &Context,
+    regarding: &ObjectReference,
+    secondary: Option<ObjectReference>,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event { type_, reason: reason.into(), note: Some(event_note(note)), action: "Reconcile".into(), secondary };
     if let Err(error) = context.recorder.publish(&event, regarding).await {
         tracing::warn!(%error, "cannot publish event");
     }
