@@ -11,7 +11,11 @@ use super::{Owner, is_bare_pod_owner_name, keys, names};
 /// itself, for a bare pod).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedOwner {
+    /// The owner as the webhook named it (what the Secret, Service and label are named after).
     pub owner: Owner,
+    /// The object's own name: the owner's name, except for a bare pod created with only
+    /// `generateName` (named after its stem and a token, see [`super::bare_pod_owner`]).
+    pub object_name: String,
     pub uid: String,
     pub namespaced: bool,
 }
@@ -50,7 +54,8 @@ pub fn verify(pod: &Pod, chain: &[VerifiedOwner]) -> Result<VerifiedOwner, Claim
             return Err(not_an_owner());
         }
         let uid = pod.metadata.uid.clone().filter(|u| !u.is_empty()).ok_or(ClaimError::NoUid)?;
-        VerifiedOwner { owner: Owner { api_version: "v1".into(), kind: "Pod".into(), name: name.into() }, uid, namespaced: true }
+        let object_name = pod.metadata.name.clone().unwrap_or_default();
+        VerifiedOwner { owner: Owner { api_version: "v1".into(), kind: "Pod".into(), name: name.into() }, object_name, uid, namespaced: true }
     } else {
         chain.iter().find(|link| link.owner.kind == kind && link.owner.name == name).cloned().ok_or_else(not_an_owner)?
     };
@@ -71,7 +76,7 @@ mod tests {
     }
 
     fn link(kind: &str, name: &str, uid: &str) -> VerifiedOwner {
-        VerifiedOwner { owner: owner(kind, name), uid: uid.into(), namespaced: true }
+        VerifiedOwner { owner: owner(kind, name), object_name: name.into(), uid: uid.into(), namespaced: true }
     }
 
     fn pod(name: &str, generate_name: Option<&str>, claimed: &Owner) -> Pod {
@@ -114,7 +119,8 @@ mod tests {
     #[test]
     fn a_generated_bare_pod_is_its_stem_and_token_only() {
         let generated = Owner { api_version: "v1".into(), ..owner("Pod", "debug-1f0c9a2e") };
-        assert!(verify(&pod("debug-x7k2p", Some("debug-"), &generated), &[]).is_ok());
+        let verified = verify(&pod("debug-x7k2p", Some("debug-"), &generated), &[]).unwrap();
+        assert_eq!((verified.owner.name.as_str(), verified.object_name.as_str()), ("debug-1f0c9a2e", "debug-x7k2p"));
         let other_stem = Owner { api_version: "v1".into(), ..owner("Pod", "web-1f0c9a2e") };
         assert!(verify(&pod("debug-x7k2p", Some("debug-"), &other_stem), &[]).is_err());
         let bad_token = Owner { api_version: "v1".into(), ..owner("Pod", "debug-web") };

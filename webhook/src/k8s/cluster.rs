@@ -146,6 +146,7 @@ impl KubeCluster {
             let (object, namespaced) = self.fetch(namespace, &current).await?;
             fetched.push(VerifiedOwner {
                 owner: Owner { api_version: current.api_version.clone(), kind: current.kind.clone(), name: current.name.clone() },
+                object_name: current.name.clone(),
                 uid: current.uid.clone(),
                 namespaced,
             });

@@ -104,7 +104,7 @@ impl OwnerTarget {
         ObjectReference {
             api_version: Some(self.verified.owner.api_version.clone()),
             kind: Some(self.verified.owner.kind.clone()),
-            name: Some(self.verified.owner.name.clone()),
+            name: Some(self.verified.object_name.clone()),
             namespace: self.verified.namespaced.then(|| self.namespace.clone()),
             uid: Some(self.verified.uid.clone()),
             ..Default::default()
@@ -121,7 +121,8 @@ fn owner_reference(verified: &VerifiedOwner) -> OwnerReference {
     OwnerReference {
         api_version: verified.owner.api_version.clone(),
         kind: verified.owner.kind.clone(),
-        name: verified.owner.name.clone(),
+        // The garbage collector looks the owner up by name: the object's own name.
+        name: verified.object_name.clone(),
         uid: verified.uid.clone(),
         controller: Some(true),
         // No finalizer rights are needed for blockOwnerDeletion=false.
