@@ -283,7 +283,7 @@ impl Drop for ChartArgsWebhook {
 /// A kubeconfig file (in `dir`) that talks to the test cluster as the release's ServiceAccount,
 /// so the host-run webhook has exactly the chart's RBAC.
 fn service_account_kubeconfig(release: &Release, dir: &std::path::Path) -> std::path::PathBuf {
-    let admin = kubectl_json(&["config", "view", "--raw", "--minify"]);
+    let admin = kubectl_json(&["config", "view", "--raw", "--minify", "--flatten"]);
     let cluster = &admin["clusters"][0]["cluster"];
     let token = kubectl(&["create", "token", &release.fullname(), "-n", &release.namespace, "--duration=1h"]);
     let config = serde_json::json!({
