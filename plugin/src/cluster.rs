@@ -96,7 +96,7 @@ impl Cluster {
             return Owner { api_version: String::new(), kind: kind.to_string(), name: name.to_string() };
         }
         match controller_of(&pod.metadata) {
-            Some(controller) => match self.owners.resolve(namespace, controller).await {
+            Some(controller) => match self.owners.topmost(namespace, controller).await {
                 Ok(resolved) => resolved.owner,
                 // Unresolvable (deleted meanwhile, no rights): its nearest owner, as the webhook does.
                 Err(_) => Owner { api_version: controller.api_version.clone(), kind: controller.kind.clone(), name: controller.name.clone() },
@@ -207,7 +207,7 @@ impl Cluster {
     }
 
     async fn secret_of(&self, namespace: &str, owner: &Owner) -> Result<(Secret, BTreeMap<String, String>), ClusterError> {
-        let name = names::secret_name(&owner.name);
+        let name = names::secret_name(&owner.resource_stem());
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let Some(found) = api.get_opt(&name).await.map_err(api_error(format!("reading Secret {name}")))? else {
             let why = self.why_not_injected(namespace, owner, &format!("Secret {name}")).await;
@@ -224,14 +224,14 @@ impl Cluster {
     /// The login of `owner` with its client key (for `connect`).
     pub async fn login(&self, namespace: &str, owner: &Owner) -> Result<(Login, Option<String>), ClusterError> {
         let (_, data) = self.secret_of(namespace, owner).await?;
-        let service_name = names::service_name(&owner.name);
+        let service_name = names::service_name(&owner.resource_stem());
         let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
         let Some(service) = services.get_opt(&service_name).await.map_err(api_error(format!("reading Service {service_name}")))? else {
             let why = self.why_not_injected(namespace, owner, &format!("Service {service_name}")).await;
             return Err(ClusterError::NotInjected { owner: owner.to_annotation(), namespace: namespace.into(), why });
         };
         let endpoint = self.service_endpoint(&service).await?;
-        let login = Login::new(namespace, &owner.to_annotation(), &names::secret_name(&owner.name), &data, endpoint)?;
+        let login = Login::new(namespace, &owner.to_annotation(), &names::secret_name(&owner.resource_stem()), &data, endpoint)?;
         Ok((login, data.get(secret::CLIENT_KEY).cloned()))
     }
 
@@ -245,7 +245,7 @@ impl Cluster {
             "metadata": { "resourceVersion": found.metadata.resource_version },
             "data": encoded,
         });
-        let name = names::secret_name(&owner.name);
+        let name = names::secret_name(&owner.resource_stem());
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(api_error(format!("updating Secret {name}")))?;
         Ok(())
@@ -277,8 +277,11 @@ impl Cluster {
         };
         let mut report = Report::default();
         for ((ns, owner), (count, ready)) in injected_owners(&pods) {
-            let owner_name = Owner::kind_and_name_from_annotation(&owner).map(|(_, name)| name).unwrap_or(&owner);
-            let service_name = names::service_name(owner_name);
+            let stem = match Owner::kind_and_name_from_annotation(&owner) {
+                Some((kind, name)) => Owner { api_version: String::new(), kind: kind.into(), name: name.into() }.resource_stem(),
+                None => owner.clone(),
+            };
+            let service_name = names::service_name(&stem);
             let address = match Api::<Service>::namespaced(self.client.clone(), &ns).get_opt(&service_name).await {
                 Ok(Some(service)) => match self.service_endpoint(&service).await {
                     Ok(at) => format!("{}:{}", at.host, at.port),

@@ -164,6 +164,11 @@ impl KubeCluster {
         }
         Ok(chain)
     }
+
+    /// The topmost owner of the chain from `controller`.
+    pub async fn topmost(&self, namespace: &str, controller: &OwnerReference) -> Result<VerifiedOwner, ResolveError> {
+        self.chain(namespace, controller).await?.pop().ok_or(ResolveError::TooLong)
+    }
 }
 
 impl ClusterView for KubeCluster {
@@ -180,7 +185,6 @@ impl ClusterView for KubeCluster {
     }
 
     async fn topmost_owner(&self, namespace: &str, controller: &OwnerReference) -> Result<Owner, String> {
-        let chain = self.chain(namespace, controller).await.map_err(|e| e.to_string())?;
-        chain.last().map(|top| top.owner.clone()).ok_or_else(|| ResolveError::TooLong.to_string())
+        self.topmost(namespace, controller).await.map(|top| top.owner).map_err(|e| e.to_string())
     }
 }
