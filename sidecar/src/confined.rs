@@ -392,6 +392,8 @@ pub fn set_metadata(fd: BorrowedFd<'_>, metadata: &Metadata) -> io::Result<()> {
     if let Some(mode) = metadata.mode {
         // fchmodat2 (Linux 6.6) accepts AT_EMPTY_PATH on an O_PATH fd; older kernels get the
         // same effect through the fd's /proc/self/fd entry, which is our own, already-resolved fd.
+        // SAFETY: a raw syscall (rustix has no fchmodat2 yet) on a live fd and a NUL-terminated
+        // empty string.
         let rc = unsafe { libc::syscall(libc::SYS_fchmodat2, fd.as_raw_fd(), EMPTY.as_ptr(), mode & 0o7777, libc::AT_EMPTY_PATH) };
         if rc != 0 {
             let err = io::Error::last_os_error();

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +26,7 @@ use bytes::Bytes;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdout};
@@ -279,10 +280,10 @@ async fn reap(mut child: Child) -> u32 {
 
 /// Whether the client hung up (FIN or RST), without reading from the socket.
 fn hung_up(socket: &OwnedFd) -> bool {
-    let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd that lives across the call; zero timeout.
-    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
-    ready > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    let mut fds = [PollFd::new(socket, PollFlags::RDHUP)];
+    // A zero timeout: asks, never waits.
+    let ready = rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })).is_ok_and(|ready| ready > 0);
+    ready && fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
 }
 
 /// Resolves when the client hung up, or when its channel's output has waited for its window
@@ -481,13 +482,9 @@ pub async fn serve(
     loop {
         let (socket, peer) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            accepted = crate::listener::accept(&listener) => match accepted {
+                Some(pair) => pair,
+                None => continue,
             },
         };
         let startup = match admission.admit(peer.ip(), Instant::now()) {
@@ -552,8 +549,7 @@ pub async fn serve(
                 result = session => (result, false),
                 () = login_overdue(logged_in.clone(), limits.login_deadline) => {
                     // russh's session task sees EOF and ends; with it the handler and its slots.
-                    // SAFETY: shutdown on a socket we own a duplicate of.
-                    unsafe { libc::shutdown(duplicate.as_raw_fd(), libc::SHUT_RDWR) };
+                    let _ = rustix::net::shutdown(&duplicate, rustix::net::Shutdown::Both);
                     (Ok(()), true)
                 }
             };

@@ -8,9 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 /// The markers in the served container's environment (put there by the webhook) and in the
@@ -108,9 +109,10 @@ impl Liveness {
 
     /// A pidfd polls readable once its process has exited.
     pub fn exited(&self) -> bool {
-        let mut fd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd that lives across the call; zero timeout.
-        unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        // A zero timeout: asks, never waits. An error reads as "still running": serving goes on,
+        // and the next request asks again.
+        rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })).is_ok_and(|ready| ready > 0)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -189,7 +189,7 @@ fn find(container: &str, pids: &[u32]) -> Result<(), String> {
     if denied.is_empty() { Ok(()) } else { Err(format!("cannot read environ of {}", denied.join(", "))) }
 }
 
-const PIPE_SIZE: libc::c_int = 1024 * 1024;
+const PIPE_SIZE: usize = 1024 * 1024;
 
 fn sftp(root: Root, options: Options) -> Result<(), String> {
     // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
@@ -197,7 +197,7 @@ fn sftp(root: Root, options: Options) -> Result<(), String> {
     for fd in [&stdin, &stdout] {
         // Bigger pipes mean fewer wakeups per 255 KiB READ/WRITE; best effort (1 MiB is the
         // unprivileged limit by default).
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
     }
     server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(|e| e.to_string())
 }
