@@ -86,6 +86,28 @@ mod tests {
     }
 
     #[test]
+    fn sftp_pins_the_host_key_and_puts_the_users_options_before_the_destination() {
+        let login = Login {
+            namespace: "shop".into(),
+            workload: "Deployment/web".into(),
+            host: "fd00::1".into(),
+            port: 2222,
+            note: None,
+            username: "web".into(),
+            password: "pw".into(),
+            host_key_fingerprint: "SHA256:x".into(),
+            host_key: "ssh-ed25519 AAAA".into(),
+            sftp_command: String::new(),
+            url: String::new(),
+        };
+        let args = sftp_args(&login, Path::new("/tmp/d/key"), Path::new("/tmp/my dir/known_hosts"), &["-b".into(), "-".into()]);
+        let joined = args.join(" ");
+        assert!(joined.contains("-o UserKnownHostsFile=\"/tmp/my dir/known_hosts\" -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes"), "{joined}");
+        assert!(joined.starts_with("-i /tmp/d/key -o IdentitiesOnly=yes "), "{joined}");
+        assert!(joined.ends_with("-P 2222 -b - web@[fd00::1]"), "{joined}");
+    }
+
+    #[test]
     fn private_files_are_mode_0600_and_never_overwritten() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
