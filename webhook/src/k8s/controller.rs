@@ -371,7 +371,19 @@ fn invalid_cidr(range: &str) -> bool {
 /// for something the Service cannot be (never applied half-way: dropping invalid source ranges
 /// would open the Service to every address).
 fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, String> {
-    let settings = &target.settings;
+    Ok(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": names::service_name(&target.stem), "namespace": target.namespace,
+            "labels": managed_labels(&target.owner_label),
+            "ownerReferences": [target.reference()],
+        },
+        "spec": service_spec(&target.settings, default_type, &target.owner_label)?,
+    }))
+}
+
+/// The Service's spec from the owner's annotations (settings) and the chart's default type.
+fn service_spec(settings: &BTreeMap<String, String>, default_type: &str, owner_label: &str) -> Result<Value, String> {
     let service_type = settings
         .get(keys::SERVICE_TYPE)
         .and_then(|t| SERVICE_TYPES.iter().find(|known| known.eq_ignore_ascii_case(t.trim())))
@@ -380,7 +392,7 @@ fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, St
     let port = settings.get(keys::SERVICE_PORT).and_then(|p| p.trim().parse::<u16>().ok()).filter(|p| *p > 0).unwrap_or(22);
     let mut spec = json!({
         "type": service_type,
-        "selector": {keys::OWNER_LABEL: target.owner_label},
+        "selector": {keys::OWNER_LABEL: owner_label},
         // The port number, not a name: kube resolves a named target in the app containers first.
         "ports": [{"name": "sftp", "port": port, "targetPort": keys::SIDECAR_PORT, "protocol": "TCP"}],
         "sessionAffinity": "ClientIP",
@@ -396,15 +408,13 @@ fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, St
     if service_type == "LoadBalancer" && !ranges.is_empty() {
         spec["loadBalancerSourceRanges"] = json!(ranges);
     }
-    Ok(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {
-            "name": names::service_name(&target.stem), "namespace": target.namespace,
-            "labels": managed_labels(&target.owner_label),
-            "ownerReferences": [target.reference()],
-        },
-        "spec": spec,
-    }))
+    // The sidecar must see each client's own address: its login limits and penalties are per
+    // source address, and with `Cluster` every client entering through one node would share that
+    // node's address, so one attacker's failed guesses would lock out everyone behind it.
+    if service_type != "ClusterIP" {
+        spec["externalTrafficPolicy"] = json!("Local");
+    }
+    Ok(spec)
 }
 
 /// Server-side applies the Service when it is missing or podsftp's own for this owner. The apply
@@ -552,6 +562,18 @@ mod tests {
         for bad in ["10.0.0.0", "10.0.0.0/33", "not-a-cidr", "10.0.0.0/+8", "::/129", "/8", ""] {
             assert!(invalid_cidr(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn external_services_keep_the_clients_address() {
+        let spec = |service_type: &str| {
+            let settings = BTreeMap::from([(keys::SERVICE_TYPE.to_string(), service_type.to_string())]);
+            service_spec(&settings, "LoadBalancer", "web").unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(spec("LoadBalancer")["externalTrafficPolicy"], "Local");
+        assert_eq!(spec("NodePort")["externalTrafficPolicy"], "Local");
+        // The apiserver refuses the field on a ClusterIP Service.
+        assert!(spec("ClusterIP").get("externalTrafficPolicy").is_none());
     }
 
     /// Issue 11, item 15: the grace period runs from the moment the owner's pods are gone, not from
