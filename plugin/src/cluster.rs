@@ -99,7 +99,9 @@ impl Cluster {
             Some(controller) => match self.owners.topmost(namespace, controller).await {
                 Ok(resolved) => resolved.owner,
                 // Unresolvable (deleted meanwhile, no rights): its nearest owner, as the webhook does.
-                Err(_) => Owner { api_version: controller.api_version.clone(), kind: controller.kind.clone(), name: controller.name.clone() },
+                Err(_) => {
+                    Owner { api_version: controller.api_version.clone(), kind: controller.kind.clone(), name: controller.name.clone() }
+                }
             },
             None => Owner { api_version: "v1".into(), kind: "Pod".into(), name: pod_name },
         }

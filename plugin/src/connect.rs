@@ -102,7 +102,12 @@ mod tests {
         };
         let args = sftp_args(&login, Path::new("/tmp/d/key"), Path::new("/tmp/my dir/known_hosts"), &["-b".into(), "-".into()]);
         let joined = args.join(" ");
-        assert!(joined.contains("-o UserKnownHostsFile=\"/tmp/my dir/known_hosts\" -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes"), "{joined}");
+        assert!(
+            joined.contains(
+                "-o UserKnownHostsFile=\"/tmp/my dir/known_hosts\" -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes"
+            ),
+            "{joined}"
+        );
         assert!(joined.starts_with("-i /tmp/d/key -o IdentitiesOnly=yes "), "{joined}");
         assert!(joined.ends_with("-P 2222 -b - web@[fd00::1]"), "{joined}");
     }

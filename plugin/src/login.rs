@@ -208,10 +208,8 @@ mod tests {
             ]),
             ..Default::default()
         });
-        service.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus { ingress: ingress.map(|i| vec![i]) }),
-            ..Default::default()
-        });
+        service.status =
+            Some(ServiceStatus { load_balancer: Some(LoadBalancerStatus { ingress: ingress.map(|i| vec![i]) }), ..Default::default() });
         service
     }
 
@@ -235,7 +233,9 @@ mod tests {
         let pending = endpoint(&service("LoadBalancer", None), Some("192.0.2.1"));
         assert!(matches!(pending, Err(LoginError::NoAddress { ref service, .. }) if service == "web-sftp"), "{pending:?}");
         let mut headless = service("ClusterIP", None);
-        headless.spec.as_mut().map(|s| s.cluster_ip = Some("None".into()));
+        if let Some(spec) = headless.spec.as_mut() {
+            spec.cluster_ip = Some("None".into());
+        }
         assert!(matches!(endpoint(&headless, None), Err(LoginError::NoAddress { .. })));
     }
 
@@ -243,7 +243,10 @@ mod tests {
     fn node_addresses_prefer_external() {
         let address = |t: &str, a: &str| NodeAddress { type_: t.into(), address: a.into() };
         assert_eq!(node_address(&[address("Hostname", "n1"), address("InternalIP", "10.0.0.1")]).as_deref(), Some("10.0.0.1"));
-        assert_eq!(node_address(&[address("InternalIP", "10.0.0.1"), address("ExternalIP", "198.51.100.1")]).as_deref(), Some("198.51.100.1"));
+        assert_eq!(
+            node_address(&[address("InternalIP", "10.0.0.1"), address("ExternalIP", "198.51.100.1")]).as_deref(),
+            Some("198.51.100.1")
+        );
         assert_eq!(node_address(&[address("Hostname", "n1")]), None);
     }
 
@@ -259,14 +262,10 @@ mod tests {
 
     #[test]
     fn login_from_secret_data() {
-        let data: BTreeMap<String, String> = [
-            (secret::USERNAME, "web\n"),
-            (secret::PASSWORD, "pw"),
-            (secret::HOST_PUBLIC_KEY, HOST_KEY),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let data: BTreeMap<String, String> = [(secret::USERNAME, "web\n"), (secret::PASSWORD, "pw"), (secret::HOST_PUBLIC_KEY, HOST_KEY)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let endpoint = Endpoint { host: "10.0.0.1".into(), port: 2222, note: None };
         let login = Login::new("shop", "Deployment/web", "web-sftp", &data, endpoint.clone()).expect("login");
         assert_eq!(login.username, "web");

@@ -46,7 +46,8 @@ pub struct Report {
 
 fn sidecar_ready(pod: &Pod) -> bool {
     let status = pod.status.as_ref();
-    let statuses = status.and_then(|s| s.init_container_statuses.as_ref()).into_iter().chain(status.and_then(|s| s.container_statuses.as_ref()));
+    let statuses =
+        status.and_then(|s| s.init_container_statuses.as_ref()).into_iter().chain(status.and_then(|s| s.container_statuses.as_ref()));
     statuses.flatten().any(|s| s.name == sidecar::CONTAINER_NAME && s.ready)
 }
 
@@ -101,7 +102,8 @@ pub fn fix_command(namespace: &str, owner_kind: &str, owner_name: &str, pod: &st
 /// Columns padded to their widest cell, two spaces apart.
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     let mut text = String::new();
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
@@ -117,9 +119,11 @@ impl Report {
             "No workload has the podsftp sidecar.\n".to_string()
         } else {
             let mut rows = vec![["NAMESPACE", "OWNER", "READY", "ADDRESS"].map(String::from).to_vec()];
-            rows.extend(self.owners.iter().map(|o| {
-                vec![o.namespace.clone(), o.owner.clone(), format!("{}/{}", o.ready_sidecars, o.pods), o.address.clone()]
-            }));
+            rows.extend(
+                self.owners
+                    .iter()
+                    .map(|o| vec![o.namespace.clone(), o.owner.clone(), format!("{}/{}", o.ready_sidecars, o.pods), o.address.clone()]),
+            );
             table(&rows)
         };
         if !self.missed.is_empty() {
@@ -157,17 +161,23 @@ mod tests {
     fn owners_count_pods_and_ready_sidecars() {
         let injected = [(keys::STATUS, keys::STATUS_INJECTED), (keys::OWNER_REF_ANNOTATION, "Deployment/web")];
         let mut done = pod("shop", "job-1", &[(keys::STATUS, "injected"), (keys::OWNER_REF_ANNOTATION, "Job/x")], &[], false);
-        done.status.as_mut().map(|s| s.phase = Some("Succeeded".into()));
-        let pods = [pod("shop", "web-1", &injected, &[], true), pod("shop", "web-2", &injected, &[], false), pod("shop", "plain", &[], &[], false), done];
+        if let Some(status) = done.status.as_mut() {
+            status.phase = Some("Succeeded".into());
+        }
+        let pods = [
+            pod("shop", "web-1", &injected, &[], true),
+            pod("shop", "web-2", &injected, &[], false),
+            pod("shop", "plain", &[], &[], false),
+            done,
+        ];
         let owners = injected_owners(&pods);
         assert_eq!(owners, BTreeMap::from([(("shop".to_string(), "Deployment/web".to_string()), (2, 1))]));
     }
 
     #[test]
     fn missed_pods_follow_the_webhook_rules() {
-        let labels = BTreeMap::from([
-            ("shop".to_string(), BTreeMap::from([(keys::NAMESPACE_INJECTION.to_string(), "enabled".to_string())])),
-        ]);
+        let labels =
+            BTreeMap::from([("shop".to_string(), BTreeMap::from([(keys::NAMESPACE_INJECTION.to_string(), "enabled".to_string())]))]);
         let injected = [(keys::STATUS, keys::STATUS_INJECTED), (keys::OWNER_REF_ANNOTATION, "Deployment/web")];
         let pods = [
             pod("shop", "missed", &[], &[], false),
@@ -192,8 +202,19 @@ mod tests {
     #[test]
     fn report_text_aligns_columns_and_lists_fixes() {
         let report = Report {
-            owners: vec![OwnerStatus { namespace: "shop".into(), owner: "Deployment/web".into(), pods: 2, ready_sidecars: 2, address: "10.0.0.1:2222".into() }],
-            missed: vec![MissedPod { namespace: "shop".into(), pod: "api-1".into(), owner: "Deployment/api".into(), fix: "kubectl rollout restart -n shop deployment/api".into() }],
+            owners: vec![OwnerStatus {
+                namespace: "shop".into(),
+                owner: "Deployment/web".into(),
+                pods: 2,
+                ready_sidecars: 2,
+                address: "10.0.0.1:2222".into(),
+            }],
+            missed: vec![MissedPod {
+                namespace: "shop".into(),
+                pod: "api-1".into(),
+                owner: "Deployment/api".into(),
+                fix: "kubectl rollout restart -n shop deployment/api".into(),
+            }],
         };
         let text = report.to_text();
         assert!(text.starts_with("NAMESPACE  OWNER           READY  ADDRESS\nshop       Deployment/web  2/2    10.0.0.1:2222\n"), "{text}");

@@ -76,9 +76,7 @@ pub struct Workload {
 pub enum WorkloadError {
     #[error("the workload name is empty (expected e.g. deploy/web or web)")]
     EmptyName,
-    #[error(
-        "{0:?} is not a kind podsftp injects (deploy, sts, ds, cronjob, job or pod; e.g. deploy/web)"
-    )]
+    #[error("{0:?} is not a kind podsftp injects (deploy, sts, ds, cronjob, job or pod; e.g. deploy/web)")]
     UnknownKind(String),
 }
 

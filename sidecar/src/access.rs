@@ -128,7 +128,11 @@ impl Access {
             };
             let mut cmd = self.worker_command("find", become_identity);
             cmd.arg("--container").arg(name).arg("--pids").arg(pid_list.join(","));
-            let output = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).output().await
+            let output = cmd
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .await
                 .map_err(|e| format!("cannot start worker {}: {e}", self.exe.display()))?;
             let stdout = String::from_utf8_lossy(&output.stdout);
             if let Some(pid) = stdout.lines().find_map(|l| l.strip_prefix("match ")).and_then(|p| p.trim().parse().ok()) {
@@ -169,7 +173,11 @@ impl Access {
         let resolved = self.resolve().await?;
         let mut cmd = self.worker_command("probe", resolved.become_identity.as_ref());
         self.root_args(&mut cmd, &resolved);
-        let output = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).output().await
+        let output = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
             .map_err(|e| format!("cannot start worker {}: {e}", self.exe.display()))?;
         if output.status.success() {
             Ok(())

@@ -246,8 +246,11 @@ mod tests {
         assert_eq!(admission.admit(ip("10.0.0.1"), now).err(), Some(Refusal::TooManyStartupsFromSource));
         // Another address is not affected; an IPv4-mapped address is the same source.
         assert_eq!(admission.admit(ip("::ffff:10.0.0.1"), now).err(), Some(Refusal::TooManyStartupsFromSource));
-        let mut others: Vec<Startup> = (2..).map(|i| format!("10.0.1.{i}")).take(MAX_STARTUPS - MAX_STARTUPS_PER_SOURCE)
-            .map(|a| admission.admit(ip(&a), now).unwrap()).collect();
+        let mut others: Vec<Startup> = (2..)
+            .map(|i| format!("10.0.1.{i}"))
+            .take(MAX_STARTUPS - MAX_STARTUPS_PER_SOURCE)
+            .map(|a| admission.admit(ip(&a), now).unwrap())
+            .collect();
         assert_eq!(admission.admit(ip("10.0.2.1"), now).err(), Some(Refusal::TooManyStartups));
         drop(from_one);
         assert!(admission.admit(ip("10.0.0.1"), now).is_ok());

@@ -28,7 +28,9 @@ pub enum KeyLineError {
     Malformed,
     #[error("option {0}= needs a quoted value")]
     MissingValue(String),
-    #[error("option command=\"{0}\": podsftp cannot run a forced command (only command=\"internal-sftp\" is accepted), so the key is refused rather than given SFTP")]
+    #[error(
+        "option command=\"{0}\": podsftp cannot run a forced command (only command=\"internal-sftp\" is accepted), so the key is refused rather than given SFTP"
+    )]
     ForcedCommand(String),
     #[error("option {0} is not enforced by podsftp, so the key is refused rather than used without it")]
     Unsupported(String),

@@ -102,8 +102,7 @@ fn io_err(e: Errno) -> io::Error {
 impl Root {
     /// Opens `path` (a host path such as `/proc/<pid>/root` or `--dir`) as the root.
     pub fn open(path: &Path) -> io::Result<Root> {
-        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(io_err)?;
+        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io_err)?;
         Ok(Root { fd, pseudo_filesystems: false })
     }
 
@@ -124,8 +123,7 @@ impl Root {
     }
 
     fn resolve(&self, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
-        let fd = rustix::fs::openat2(&self.fd, nonempty(path)?, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-            .map_err(io_err)?;
+        let fd = rustix::fs::openat2(&self.fd, nonempty(path)?, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE).map_err(io_err)?;
         self.allowed(fd)
     }
 
@@ -138,8 +136,7 @@ impl Root {
         // openat2 insists on a zero mode unless a file may be created.
         let mode = if flags.contains(OFlags::CREATE) { Mode::from_raw_mode(mode & 0o7777) } else { Mode::empty() };
         let path = nonempty(path)?;
-        let fd = rustix::fs::openat2(&self.fd, path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, RESOLVE)
-            .map_err(io_err)?;
+        let fd = rustix::fs::openat2(&self.fd, path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, mode, RESOLVE).map_err(io_err)?;
         Ok(File::from(self.allowed(fd)?))
     }
 
@@ -227,13 +224,10 @@ impl Root {
             (false, _) if metadata.size.is_some() => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
             // Truncating needs the file open for writing; the rest needs only ownership.
             (true, _) if metadata.size.is_some() => self.resolve(path, OFlags::WRONLY | OFlags::NONBLOCK)?,
-            (false, Split::Entry { parent, name }) if !follows(name) => rustix::fs::openat(
-                self.resolve_parent(parent)?,
-                name,
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(io_err)?,
+            (false, Split::Entry { parent, name }) if !follows(name) => {
+                rustix::fs::openat(self.resolve_parent(parent)?, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(io_err)?
+            }
             _ => self.resolve(path, OFlags::PATH)?,
         };
         set_metadata(target.as_fd(), metadata)

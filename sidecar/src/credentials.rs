@@ -78,8 +78,8 @@ impl Credentials {
 
     /// For local use without `--credentials`: a random password and host key.
     pub fn generate(username: String) -> Credentials {
-        let host_key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
-            .expect("ed25519 key generation does not fail");
+        let host_key =
+            PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519).expect("ed25519 key generation does not fail");
         Credentials { username, password: Some(random_password()), authorized_keys: Vec::new(), host_key }
     }
 

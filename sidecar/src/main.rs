@@ -179,10 +179,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let _ = stopping.send(true);
     };
-    let limits = ssh::Limits {
-        login_deadline: Duration::from_secs(args.login_grace_seconds),
-        grace: Duration::from_secs(args.grace_seconds),
-    };
+    let limits =
+        ssh::Limits { login_deadline: Duration::from_secs(args.login_grace_seconds), grace: Duration::from_secs(args.grace_seconds) };
     ssh::serve(listener, credentials, access, shutdown, limits).await;
     Ok(())
 }

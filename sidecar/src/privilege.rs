@@ -47,9 +47,12 @@ pub fn become_identity(target: &Identity) -> io::Result<()> {
     clear_ambient_capability_set().map_err(context("clear ambient capabilities"))?;
     // Unknown bits are kept: the target's set is mirrored exactly, never widened or narrowed.
     let caps = CapabilitySet::from_bits_retain(target.caps);
-    set_capabilities(None, CapabilitySets { effective: caps, permitted: caps, inheritable: CapabilitySet::empty() }).map_err(
-        |e| io::Error::new(io::Error::from(e).kind(), format!("capset: {e} (the target holds capabilities {:#x} that this sidecar lacks)", target.caps)),
-    )?;
+    set_capabilities(None, CapabilitySets { effective: caps, permitted: caps, inheritable: CapabilitySet::empty() }).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("capset: {e} (the target holds capabilities {:#x} that this sidecar lacks)", target.caps),
+        )
+    })?;
     // A uid/gid change resets the flag to /proc/sys/fs/suid_dumpable (1 on debug setups).
     forbid_inspection()?;
     forbid_new_privileges()

@@ -203,10 +203,8 @@ impl Connection {
         let user = self.user.clone().ok_or("not authenticated")?;
         let (channel, slot) = self.opened.remove(&channel_id).ok_or("unknown channel")?;
         let resolved = self.access.resolve().await?;
-        let mut child = self
-            .access
-            .spawn_sftp(&resolved, &user, &self.peer.to_string())
-            .map_err(|e| format!("cannot start the SFTP worker: {e}"))?;
+        let mut child =
+            self.access.spawn_sftp(&resolved, &user, &self.peer.to_string()).map_err(|e| format!("cannot start the SFTP worker: {e}"))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("worker has no pipes".into());
         };
@@ -403,7 +401,15 @@ impl russh::server::Handler for Connection {
         session.channel_failure(channel)
     }
 
-    async fn x11_request(&mut self, channel: ChannelId, _: bool, _: &str, _: &str, _: u32, session: &mut Session) -> Result<(), Self::Error> {
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _: bool,
+        _: &str,
+        _: &str,
+        _: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_failure(channel)
     }
 

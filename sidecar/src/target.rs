@@ -55,8 +55,7 @@ impl Identity {
     /// (same uid and gid, and a permitted set covering the target's; CAP_SYS_PTRACE aside).
     pub fn can_reach(&self, target: &Identity) -> bool {
         const CAP_SYS_PTRACE: u64 = 1 << 19;
-        self.caps & CAP_SYS_PTRACE != 0
-            || (self.uid == target.uid && self.gid == target.gid && target.caps & !self.caps == 0)
+        self.caps & CAP_SYS_PTRACE != 0 || (self.uid == target.uid && self.gid == target.gid && target.caps & !self.caps == 0)
     }
 }
 

@@ -19,7 +19,8 @@ fn wrong_password_unknown_user_and_wrong_key_are_refused() {
     let server = Server::start(&["--dir", served.path().to_str().unwrap()]);
     let port = server.port.to_string();
 
-    let out = server.with_password("sftp", "wrong-password").args(["-P", &port, "-b", "/dev/null"]).arg(server.destination()).output().unwrap();
+    let out =
+        server.with_password("sftp", "wrong-password").args(["-P", &port, "-b", "/dev/null"]).arg(server.destination()).output().unwrap();
     assert!(!out.status.success(), "wrong password accepted");
     let out = server.with_password("sftp", PASSWORD).args(["-P", &port, "-b", "/dev/null", "root@127.0.0.1"]).output().unwrap();
     assert!(!out.status.success(), "unknown user accepted with the right password");
@@ -28,7 +29,17 @@ fn wrong_password_unknown_user_and_wrong_key_are_refused() {
     let key = other.path().join("k");
     assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
     let out = Command::new("sftp")
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+        ])
         .arg(&key)
         .args(["-P", &port, "-b", "/dev/null"])
         .arg(server.destination())
@@ -51,9 +62,15 @@ fn shell_exec_and_other_subsystems_are_refused() {
     assert!(!std::path::Path::new("/tmp/podsftp-exec-test").exists());
     let out = server.with_key("ssh").args(["-p", &port, "-tt"]).arg(server.destination()).stdin(Stdio::null()).output().unwrap();
     assert!(!out.status.success(), "shell accepted");
-    let out = server.with_key("ssh").args(["-p", &port, "-s"]).arg(server.destination()).arg("netconf").stdin(Stdio::null()).output().unwrap();
+    let out =
+        server.with_key("ssh").args(["-p", &port, "-s"]).arg(server.destination()).arg("netconf").stdin(Stdio::null()).output().unwrap();
     assert!(!out.status.success(), "unknown subsystem accepted");
-    let out = server.with_key("ssh").args(["-p", &port, "-N", "-L", "0:127.0.0.1:22", "-o", "ExitOnForwardFailure=yes"]).arg(server.destination()).output().unwrap();
+    let out = server
+        .with_key("ssh")
+        .args(["-p", &port, "-N", "-L", "0:127.0.0.1:22", "-o", "ExitOnForwardFailure=yes"])
+        .arg(server.destination())
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "TCP forwarding accepted");
     still_serves(&server);
 }

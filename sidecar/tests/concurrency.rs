@@ -64,7 +64,11 @@ fn slow_read_does_not_hold_up_other_handles() {
     let mut passed = [client.reply(), client.reply()];
     passed.sort_by_key(|(_, id, _)| *id);
     let [(read_kind, read_id, data), (stat_kind, stat_id, _)] = passed;
-    assert_eq!((read_kind, read_id, stat_kind, stat_id), (FXP_DATA, 11, FXP_ATTRS, 12), "the fast READ and the STAT come before the slow READ");
+    assert_eq!(
+        (read_kind, read_id, stat_kind, stat_id),
+        (FXP_DATA, 11, FXP_ATTRS, 12),
+        "the fast READ and the STAT come before the slow READ"
+    );
     assert_eq!(&data[4..], b"fast disk\n");
     let (kind, id, payload) = client.reply();
     assert_eq!((kind, id), (FXP_DATA, 10), "then the slow READ (got {} bytes)", payload.len());

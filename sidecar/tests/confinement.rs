@@ -22,9 +22,17 @@ fn dotdot_and_symlinks_stay_inside_the_root() {
     let l = local.path().display();
     let server = Server::start(&["--dir", served.to_str().unwrap()]);
 
-    for (i, remote) in ["../secret.txt", "../../secret.txt", "/../secret.txt", "passwd", "sub/deeper/chain", "to-root/../secret.txt", "sub/deeper/up/secret.txt"]
-        .iter()
-        .enumerate()
+    for (i, remote) in [
+        "../secret.txt",
+        "../../secret.txt",
+        "/../secret.txt",
+        "passwd",
+        "sub/deeper/chain",
+        "to-root/../secret.txt",
+        "sub/deeper/up/secret.txt",
+    ]
+    .iter()
+    .enumerate()
     {
         let out = server.sftp_batch(&format!("get {remote} {l}/got{i}\n"));
         assert!(!out.status.success(), "get {remote} succeeded");
@@ -40,7 +48,8 @@ fn dotdot_and_symlinks_stay_inside_the_root() {
 
     // Writing through symlinks creates files inside, never outside.
     std::fs::write(local.path().join("payload"), b"payload").unwrap();
-    let out = server.sftp_batch(&format!("put {l}/payload to-root/etc-file\nput {l}/payload sub/deeper/up/../escaped\nmkdir to-root/newdir\n"));
+    let out =
+        server.sftp_batch(&format!("put {l}/payload to-root/etc-file\nput {l}/payload sub/deeper/up/../escaped\nmkdir to-root/newdir\n"));
     assert_ok(&out, "put through symlinks");
     assert_eq!(std::fs::read(served.join("etc-file")).unwrap(), b"payload");
     assert_eq!(std::fs::read(served.join("escaped")).unwrap(), b"payload");
@@ -120,9 +129,16 @@ fn read_only_refuses_every_change_but_serves_reads() {
     let out = server.sftp_batch(&format!("get file {l}/file\n"));
     assert_ok(&out, "read in read-only mode");
     assert_eq!(std::fs::read(local.path().join("file")).unwrap(), b"data");
-    for op in [format!("put {l}/up up"), format!("put {l}/up file"), "mkdir d".into(), "rm file".into(), "rmdir dir".into(),
-        "rename file other".into(), "chmod 777 file".into(), "ln -s file link".into()]
-    {
+    for op in [
+        format!("put {l}/up up"),
+        format!("put {l}/up file"),
+        "mkdir d".into(),
+        "rm file".into(),
+        "rmdir dir".into(),
+        "rename file other".into(),
+        "chmod 777 file".into(),
+        "ln -s file link".into(),
+    ] {
         let out = server.sftp_batch(&format!("{op}\n"));
         assert!(!out.status.success(), "{op} succeeded in read-only mode");
     }

@@ -60,7 +60,8 @@ fn credentials_appear_later_and_rotate_without_restart() {
     publish(server.creds.dir.path(), 2, &files("rotated-password-0123456789"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        let new = server.with_password("sftp", "rotated-password-0123456789")
+        let new = server
+            .with_password("sftp", "rotated-password-0123456789")
             .args(["-P", &server.port.to_string(), "-b", "/dev/null"])
             .arg(server.destination())
             .output()
@@ -81,9 +82,11 @@ fn credentials_appear_later_and_rotate_without_restart() {
 fn rotation_takes_effect_while_connections_hold_every_descriptor() {
     let served = tempfile::tempdir().unwrap();
     let creds = Credentials::new();
-    let server = Server::start_wrapped(creds, &["prlimit", "--nofile=48", "--"], Path::new(bin()), &["--dir", served.path().to_str().unwrap()]);
+    let server =
+        Server::start_wrapped(creds, &["prlimit", "--nofile=48", "--"], Path::new(bin()), &["--dir", served.path().to_str().unwrap()]);
     // 32 connections may be logging in at once (8 per address), two descriptors each.
-    let idle: Vec<_> = (2..=6).flat_map(|last| (0..8).map(move |_| std::net::Ipv4Addr::new(127, 0, 0, last)))
+    let idle: Vec<_> = (2..=6)
+        .flat_map(|last| (0..8).map(move |_| std::net::Ipv4Addr::new(127, 0, 0, last)))
         .map(|source| connect_from(source, server.port))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -97,7 +100,8 @@ fn rotation_takes_effect_while_connections_hold_every_descriptor() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(idle);
-    let login = server.with_password("sftp", "rotated-while-exhausted-42")
+    let login = server
+        .with_password("sftp", "rotated-while-exhausted-42")
         .args(["-P", &server.port.to_string(), "-b", "/dev/null"])
         .arg(server.destination())
         .output()

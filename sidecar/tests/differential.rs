@@ -328,7 +328,11 @@ fn trailing_slash_means_directory_and_follows_a_final_symlink() {
         p.step("mkdir new_dir/", fxp::MKDIR, &[&string(b"new_dir/"), &NO_ATTRS]);
         p.step("setstat file/", fxp::SETSTAT, &[&string(b"file/"), &mode_attrs(0o600)]);
         for (from, to) in [("file/", "hard"), ("file", "hard/"), ("link_dir/", "hard"), ("dir/", "hard")] {
-            p.extended_step(&format!("posix-rename {from} {to}"), "posix-rename@openssh.com", &[&string(from.as_bytes()), &string(to.as_bytes())]);
+            p.extended_step(
+                &format!("posix-rename {from} {to}"),
+                "posix-rename@openssh.com",
+                &[&string(from.as_bytes()), &string(to.as_bytes())],
+            );
             p.extended_step(&format!("hardlink {from} {to}"), "hardlink@openssh.com", &[&string(from.as_bytes()), &string(to.as_bytes())]);
         }
         for path in ["file/", "link_dir/", "dir/sub/"] {
@@ -408,13 +412,27 @@ fn statvfs_flags_are_the_protocols_not_linux_mount_flags() {
 fn error_codes_match_openssh() {
     compare(|p| {
         let long = "n".repeat(300);
-        for op in [("stat", fxp::STAT), ("lstat", fxp::LSTAT), ("remove", fxp::REMOVE), ("rmdir", fxp::RMDIR), ("readlink", fxp::READLINK)] {
+        for op in [("stat", fxp::STAT), ("lstat", fxp::LSTAT), ("remove", fxp::REMOVE), ("rmdir", fxp::RMDIR), ("readlink", fxp::READLINK)]
+        {
             // (`..` of the root is kept out: podsftp's root has no parent.)
             for path in [".", "dir/.", "dir/..", "dir/sub/..", long.as_str(), "file", "dir", "missing", "file/x"] {
                 p.path_op(op.0, op.1, path);
             }
         }
-        for path in [".", "dir/sub", "dir/sub/..", "missing", "missing/x", "missing/x/y", "file/x", "dir/../file", "link_dir/sub", "dangling", "dangling/x", ""] {
+        for path in [
+            ".",
+            "dir/sub",
+            "dir/sub/..",
+            "missing",
+            "missing/x",
+            "missing/x/y",
+            "file/x",
+            "dir/../file",
+            "link_dir/sub",
+            "dangling",
+            "dangling/x",
+            "",
+        ] {
             p.path_op("realpath", fxp::REALPATH, path);
         }
         for (from, to) in [(".", "x"), ("dir", "."), ("missing", "x"), ("file", "dir"), ("dir", "file"), ("dir", "dir/sub/in")] {
@@ -523,7 +541,12 @@ fn stock_sftp_client_commands_match() {
             // The worker's audit lines share sftp's stderr.
             text.split_inclusive('\n').filter(|line| !line.contains(" INFO audit: ")).collect::<String>()
         };
-        outputs.push((normalize(&out.stdout), normalize(&out.stderr), snapshot(Path::new(&tree)), std::fs::read(local.path().join("got.txt")).ok()));
+        outputs.push((
+            normalize(&out.stdout),
+            normalize(&out.stderr),
+            snapshot(Path::new(&tree)),
+            std::fs::read(local.path().join("got.txt")).ok(),
+        ));
     }
     let [ours, theirs] = [&outputs[0], &outputs[1]];
     assert_eq!(ours.0, theirs.0, "what sftp printed (podsftp left, OpenSSH right)");
@@ -549,7 +572,9 @@ fn file_and_directory_operations_match() {
             ("", READ),
             ("file", 0),
         ] {
-            if let Some(handle) = p.step(&format!("open {path:?} {pflags:#x}"), fxp::OPEN, &[&string(path.as_bytes()), &u32b(pflags), &NO_ATTRS]) {
+            if let Some(handle) =
+                p.step(&format!("open {path:?} {pflags:#x}"), fxp::OPEN, &[&string(path.as_bytes()), &u32b(pflags), &NO_ATTRS])
+            {
                 p.step("fstat", 8, &[&string(&handle)]);
                 p.step("read", fxp::READ, &[&string(&handle), &u64b(0), &u32b(100)]);
                 p.step("write", fxp::WRITE, &[&string(&handle), &u64b(0), &string(b"written")]);
@@ -569,11 +594,17 @@ fn file_and_directory_operations_match() {
         p.step("setstat mode through a link", fxp::SETSTAT, &[&string(b"link_file"), &mode_attrs(0o640)]);
         p.step("setstat missing", fxp::SETSTAT, &[&string(b"missing"), &mode_attrs(0o640)]);
         p.path_op("stat", fxp::STAT, "file");
-        for (from, to) in [("file", "dir/file.txt"), ("dir/sub", "empty_dir"), ("empty_dir", "dir"), ("dir/file.txt", "moved"), ("link_dir", "link_dir2")] {
+        for (from, to) in
+            [("file", "dir/file.txt"), ("dir/sub", "empty_dir"), ("empty_dir", "dir"), ("dir/file.txt", "moved"), ("link_dir", "link_dir2")]
+        {
             p.two_paths("rename", fxp::RENAME, from, to);
         }
         for (from, to) in [("moved", "file"), ("empty_dir", "dir"), ("dir/sub", "dir2")] {
-            p.extended_step(&format!("posix-rename {from} {to}"), "posix-rename@openssh.com", &[&string(from.as_bytes()), &string(to.as_bytes())]);
+            p.extended_step(
+                &format!("posix-rename {from} {to}"),
+                "posix-rename@openssh.com",
+                &[&string(from.as_bytes()), &string(to.as_bytes())],
+            );
         }
         for (from, to) in [("file", "hard"), ("file", "hard"), ("dir", "hard_dir"), ("missing", "x"), ("link_file", "hard_link")] {
             p.extended_step(&format!("hardlink {from} {to}"), "hardlink@openssh.com", &[&string(from.as_bytes()), &string(to.as_bytes())]);
@@ -621,7 +652,11 @@ fn reads_writes_and_extensions_match() {
         p.step("setstat times", fxp::SETSTAT, &[&string(b"dir/file.txt"), &u32b(8), &u32b(1_000_000), &u32b(2_000_000)]);
         p.step("stat", fxp::STAT, &[&string(b"dir/file.txt")]);
         p.extended_step("lsetstat mode of a symlink", "lsetstat@openssh.com", &[&string(b"link_file"), &mode_attrs(0o600)]);
-        p.extended_step("lsetstat times of a symlink", "lsetstat@openssh.com", &[&string(b"link_file"), &u32b(8), &u32b(1_000_000), &u32b(2_000_000)]);
+        p.extended_step(
+            "lsetstat times of a symlink",
+            "lsetstat@openssh.com",
+            &[&string(b"link_file"), &u32b(8), &u32b(1_000_000), &u32b(2_000_000)],
+        );
         p.extended_step("fsync of a handle never opened", "fsync@openssh.com", &[&string(b"zz")]);
         p.step("rename with v5 flags", fxp::RENAME, &[&string(b"dir/file.txt"), &string(b"renamed"), &u32b(1)]);
     });

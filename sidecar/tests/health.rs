@@ -25,7 +25,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn accept_errors_pause_instead_of_spinning() {
     let served = tempfile::tempdir().unwrap();
     let served_dir = served.path().to_str().unwrap();
-    let server = Server::start_wrapped(Credentials::new(), &["prlimit", "--nofile=40", "--"], Path::new(common::bin()), &["--dir", served_dir]);
+    let server =
+        Server::start_wrapped(Credentials::new(), &["prlimit", "--nofile=40", "--"], Path::new(common::bin()), &["--dir", served_dir]);
     // Connections that never send a request are held until the read deadline (5 s): together
     // they take every descriptor the process has left, and the rest wait in the backlog.
     let health = ("127.0.0.1", server.health_port);

@@ -10,7 +10,8 @@ use std::process::Command;
 use common::*;
 
 fn python_packages() -> PathBuf {
-    let cache = std::env::var_os("PODSFTP_CACHE").map_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/podsftp"), PathBuf::from);
+    let cache = std::env::var_os("PODSFTP_CACHE")
+        .map_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/podsftp"), PathBuf::from);
     cache.join("python")
 }
 
@@ -43,7 +44,11 @@ fn rclone_1_60_uploads_lists_and_downloads() {
         server.creds.client_key.display()
     );
     let rclone = |args: &[&str]| {
-        let out = Command::new("rclone").args(["--config", "/dev/null", "--retries", "1", "--low-level-retries", "1"]).args(args).output().expect("run rclone");
+        let out = Command::new("rclone")
+            .args(["--config", "/dev/null", "--retries", "1", "--low-level-retries", "1"])
+            .args(args)
+            .output()
+            .expect("run rclone");
         assert_ok(&out, &format!("rclone {args:?}"));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -37,9 +37,7 @@ impl App {
             .stdout(Stdio::null())
             .spawn()
             .expect("unshare");
-        let pid = wait_for_process(unshare.id(), |status| {
-            status.contains("Name:\tsleep") && status.contains(&format!("Uid:\t{uid}\t"))
-        });
+        let pid = wait_for_process(unshare.id(), |status| status.contains("Name:\tsleep") && status.contains(&format!("Uid:\t{uid}\t")));
         App { unshare, pid }
     }
 }
@@ -118,7 +116,12 @@ fn switch_mode_session_of_a_root_app_cannot_touch_sidecar_memory() {
     let bounding = format!("--bounding-set={DEFAULT_CAPS}");
     let app = App::start(root.path(), 0, &format!("setpriv {bounding} -- chroot"));
     let setpriv = ["setpriv", &bounding, "--"];
-    let server = Server::start_wrapped(Credentials::new(), &setpriv, Path::new(bin()), &["--pid", &app.pid.to_string(), "--serve-pseudo-filesystems"]);
+    let server = Server::start_wrapped(
+        Credentials::new(),
+        &setpriv,
+        Path::new(bin()),
+        &["--pid", &app.pid.to_string(), "--serve-pseudo-filesystems"],
+    );
     server.wait_ready(200);
     attack(&server);
 }
@@ -130,7 +133,9 @@ fn the_served_roots_proc_is_not_entered_by_default() {
     let server = Server::start(&["--pid", &app.pid.to_string()]);
     server.wait_ready(200);
     let mut session = RawSftp::connect(&server);
-    for (id, path) in [(1, format!("/proc/{}/status", server.pid())), (2, "/proc/self/status".to_string()), (3, "/proc/../proc/1/environ".to_string())] {
+    for (id, path) in
+        [(1, format!("/proc/{}/status", server.pid())), (2, "/proc/self/status".to_string()), (3, "/proc/../proc/1/environ".to_string())]
+    {
         if let Err(e) = open_refused(&mut session, id, &path, FXF_READ) {
             panic!("{e}\nlog:\n{}", server.log());
         }

@@ -60,8 +60,15 @@ fn frozen_then_killed_sftp_leaves_no_worker() {
     let server = Server::start(&["--dir", served.path().to_str().unwrap()]);
     let mut batch = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut batch, format!("get big.bin {}/big.bin\n", local.path().display()).as_bytes()).unwrap();
-    let mut sftp = server.with_key("sftp").args(["-P", &server.port.to_string(), "-b"]).arg(batch.path()).arg(server.destination())
-        .stdout(Stdio::null()).process_group(0).spawn().unwrap();
+    let mut sftp = server
+        .with_key("sftp")
+        .args(["-P", &server.port.to_string(), "-b"])
+        .arg(batch.path())
+        .arg(server.destination())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !local.path().join("big.bin").metadata().is_ok_and(|m| m.len() > 0) {
         assert!(std::time::Instant::now() < deadline, "the download did not start");

@@ -23,11 +23,7 @@ pub trait ClusterView: Send + Sync + 'static {
     /// Labels of a namespace (empty when it is unknown).
     fn namespace_labels(&self, namespace: &str) -> impl Future<Output = BTreeMap<String, String>> + Send;
     /// Follows controller owner references from `controller` to the topmost owner.
-    fn topmost_owner(
-        &self,
-        namespace: &str,
-        controller: &OwnerReference,
-    ) -> impl Future<Output = Result<Owner, String>> + Send;
+    fn topmost_owner(&self, namespace: &str, controller: &OwnerReference) -> impl Future<Output = Result<Owner, String>> + Send;
 }
 
 /// Outcome label of the admissions metric.

@@ -342,16 +342,8 @@ impl Readiness {
 
 /// `/healthz`, `/readyz`, `/metrics` (plain HTTP).
 pub fn health_router(readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || async move { readiness.state() }),
-        )
-        .route(
-            "/metrics",
-            get(move || async move {
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
-            }),
-        )
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(move || async move { readiness.state() })).route(
+        "/metrics",
+        get(move || async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }),
+    )
 }

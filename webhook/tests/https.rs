@@ -12,8 +12,8 @@ use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use podsftp_webhook::admission::{Admitter, ClusterView};
-use podsftp_webhook::core::{Owner, names};
 use podsftp_webhook::core::settings::Settings;
+use podsftp_webhook::core::{Owner, names};
 use podsftp_webhook::metrics::Metrics;
 use podsftp_webhook::pki::{CA_VALIDITY, CertAndKey, SERVING_VALIDITY, issue_serving, new_ca};
 use podsftp_webhook::server::{Readiness, admission_router, health_router, serve_tls};
@@ -99,13 +99,9 @@ struct Answer {
 async fn post(addr: SocketAddr, ca: &CertAndKey, body: Vec<u8>) -> Answer {
     let tls = connect(addr, ca, &[]).await;
     let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
     tokio::spawn(connection);
-    let request = hyper::Request::post("/mutate")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
+    let request = hyper::Request::post("/mutate").header("content-type", "application/json").body(Full::new(Bytes::from(body))).unwrap();
     match sender.send_request(request).await {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -294,8 +290,7 @@ async fn closed_by_server(stream: &mut TlsStream<TcpStream>, within: Duration, w
 
 /// Headers of a `/mutate` POST announcing `length` body bytes.
 fn post_head(length: usize) -> Vec<u8> {
-    format!("POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n")
-        .into_bytes()
+    format!("POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n").into_bytes()
 }
 
 /// Issue 11, item 2: clients that stall after the handshake (idle, half-sent headers, half-sent
@@ -380,7 +375,9 @@ async fn readyz_is_503_once_shutting_down() {
 async fn reviews_other_than_admission_v1_are_refused() {
     let server = start().await;
     let good: Value = serde_json::from_slice(&review("shop", pod_kind(), web_pod())).unwrap();
-    for (api_version, kind) in [("admission.k8s.io/v1beta1", "AdmissionReview"), ("admission.k8s.io/v1", "Review"), ("v1", "AdmissionReview")] {
+    for (api_version, kind) in
+        [("admission.k8s.io/v1beta1", "AdmissionReview"), ("admission.k8s.io/v1", "Review"), ("v1", "AdmissionReview")]
+    {
         let mut other = good.clone();
         other["apiVersion"] = json!(api_version);
         other["kind"] = json!(kind);

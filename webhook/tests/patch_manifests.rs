@@ -94,12 +94,23 @@ fn deployment_pod_with_several_containers_and_volumes() {
     let args = sidecar.args.clone().unwrap();
     assert_eq!(
         args,
-        ["serve", "--listen=0.0.0.0:2222", "--health-listen=0.0.0.0:2223", "--credentials=/etc/podsftp/credentials",
-         "--container=app", "--root=/srv", "--read-only", "--log-format=json"]
+        [
+            "serve",
+            "--listen=0.0.0.0:2222",
+            "--health-listen=0.0.0.0:2223",
+            "--credentials=/etc/podsftp/credentials",
+            "--container=app",
+            "--root=/srv",
+            "--read-only",
+            "--log-format=json"
+        ]
     );
     assert_eq!(env(sidecar, "PODSFTP_SIDECAR").as_deref(), Some("1"));
     let mount = &sidecar.volume_mounts.as_ref().unwrap()[0];
-    assert_eq!((mount.name.as_str(), mount.mount_path.as_str(), mount.read_only), ("podsftp-credentials", "/etc/podsftp/credentials", Some(true)));
+    assert_eq!(
+        (mount.name.as_str(), mount.mount_path.as_str(), mount.read_only),
+        ("podsftp-credentials", "/etc/podsftp/credentials", Some(true))
+    );
     assert!(sidecar.readiness_probe.is_some() && sidecar.liveness_probe.is_some());
     assert_eq!(sidecar.ports.as_ref().unwrap()[0].name.as_deref(), Some("podsftp-sftp"));
 
@@ -232,7 +243,10 @@ fn pods_whose_patch_would_be_invalid_are_refused_with_a_reason() {
     let one = json!([{"name": "app", "image": "a"}]);
     assert_eq!(case(json!({"hostPID": true, "containers": one}), json!({})), PatchError::HostPid);
     assert_eq!(case(json!({"containers": one}), json!({"podsftp.io/container": "nope"})), PatchError::ContainerNotFound("nope".into()));
-    assert_eq!(case(json!({"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 2222}]}]}), json!({})), PatchError::PortInUse(2222));
+    assert_eq!(
+        case(json!({"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 2222}]}]}), json!({})),
+        PatchError::PortInUse(2222)
+    );
     assert_eq!(case(json!({"containers": []}), json!({})), PatchError::NoContainers);
 
     let restricted = BTreeMap::from([("pod-security.kubernetes.io/enforce".to_string(), "restricted".to_string())]);
@@ -299,7 +313,8 @@ fn read_only_accepts_exactly_true_and_false_and_reads_anything_else_as_true() {
         ("", true, true),
     ] {
         let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "x", "annotations": {"podsftp.io/read-only": value}},
-                                                       "spec": {"containers": one_container()}})).unwrap();
+                                                       "spec": {"containers": one_container()}}))
+        .unwrap();
         let mutation = mutate(&pod, &enabled_namespace(), &owner("Pod", "x"), &Settings::example()).unwrap();
         let mut patched = serde_json::to_value(&pod).unwrap();
         json_patch::patch(&mut patched, &mutation.patch).unwrap();

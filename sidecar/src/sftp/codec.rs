@@ -85,41 +85,118 @@ pub struct Attrs {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Open { path: Vec<u8>, pflags: u32, attrs: Attrs },
-    Close { handle: Vec<u8> },
-    Read { handle: Vec<u8>, offset: u64, len: u32 },
-    Write { handle: Vec<u8>, offset: u64, data: Bytes },
-    Lstat { path: Vec<u8> },
-    Fstat { handle: Vec<u8> },
-    Setstat { path: Vec<u8>, attrs: Attrs },
-    Fsetstat { handle: Vec<u8>, attrs: Attrs },
-    Opendir { path: Vec<u8> },
-    Readdir { handle: Vec<u8> },
-    Remove { path: Vec<u8> },
-    Mkdir { path: Vec<u8>, attrs: Attrs },
-    Rmdir { path: Vec<u8> },
-    Realpath { path: Vec<u8> },
-    Stat { path: Vec<u8> },
-    Rename { from: Vec<u8>, to: Vec<u8> },
-    Readlink { path: Vec<u8> },
+    Open {
+        path: Vec<u8>,
+        pflags: u32,
+        attrs: Attrs,
+    },
+    Close {
+        handle: Vec<u8>,
+    },
+    Read {
+        handle: Vec<u8>,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        handle: Vec<u8>,
+        offset: u64,
+        data: Bytes,
+    },
+    Lstat {
+        path: Vec<u8>,
+    },
+    Fstat {
+        handle: Vec<u8>,
+    },
+    Setstat {
+        path: Vec<u8>,
+        attrs: Attrs,
+    },
+    Fsetstat {
+        handle: Vec<u8>,
+        attrs: Attrs,
+    },
+    Opendir {
+        path: Vec<u8>,
+    },
+    Readdir {
+        handle: Vec<u8>,
+    },
+    Remove {
+        path: Vec<u8>,
+    },
+    Mkdir {
+        path: Vec<u8>,
+        attrs: Attrs,
+    },
+    Rmdir {
+        path: Vec<u8>,
+    },
+    Realpath {
+        path: Vec<u8>,
+    },
+    Stat {
+        path: Vec<u8>,
+    },
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Readlink {
+        path: Vec<u8>,
+    },
     /// OpenSSH order on the wire: target first, then the link path.
-    Symlink { target: Vec<u8>, link: Vec<u8> },
-    PosixRename { from: Vec<u8>, to: Vec<u8> },
-    Statvfs { path: Vec<u8> },
-    Fstatvfs { handle: Vec<u8> },
-    Hardlink { from: Vec<u8>, to: Vec<u8> },
-    Fsync { handle: Vec<u8> },
-    Lsetstat { path: Vec<u8>, attrs: Attrs },
+    Symlink {
+        target: Vec<u8>,
+        link: Vec<u8>,
+    },
+    PosixRename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Statvfs {
+        path: Vec<u8>,
+    },
+    Fstatvfs {
+        handle: Vec<u8>,
+    },
+    Hardlink {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Fsync {
+        handle: Vec<u8>,
+    },
+    Lsetstat {
+        path: Vec<u8>,
+        attrs: Attrs,
+    },
     Limits,
-    ExpandPath { path: Vec<u8> },
-    CopyData { read_handle: Vec<u8>, read_offset: u64, len: u64, write_handle: Vec<u8>, write_offset: u64 },
+    ExpandPath {
+        path: Vec<u8>,
+    },
+    CopyData {
+        read_handle: Vec<u8>,
+        read_offset: u64,
+        len: u64,
+        write_handle: Vec<u8>,
+        write_offset: u64,
+    },
     HomeDirectory,
     /// `users-groups-by-id@openssh.com`: names for these ids.
-    UsersGroupsById { uids: Vec<u32>, gids: Vec<u32> },
+    UsersGroupsById {
+        uids: Vec<u32>,
+        gids: Vec<u32>,
+    },
     /// An extension we do not implement: answered with SSH_FX_OP_UNSUPPORTED.
-    UnknownExtended { name: Vec<u8> },
+    UnknownExtended {
+        name: Vec<u8>,
+    },
     /// A packet type we do not know: answered with SSH_FX_OP_UNSUPPORTED.
-    Unknown { kind: u8 },
+    Unknown {
+        kind: u8,
+    },
 }
 
 /// A decoded request packet: the request id and what is asked.
@@ -301,16 +378,47 @@ pub struct StatVfs {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    Version { extensions: Vec<(&'static str, &'static str)> },
-    Status { id: u32, code: StatusCode, message: String },
-    Handle { id: u32, handle: Vec<u8> },
-    Data { id: u32, data: Bytes },
-    Name { id: u32, entries: Vec<NameEntry> },
-    Attrs { id: u32, attrs: Attrs },
-    StatVfs { id: u32, stat: StatVfs },
-    Limits { id: u32, max_packet: u64, max_read: u64, max_write: u64, max_handles: u64 },
+    Version {
+        extensions: Vec<(&'static str, &'static str)>,
+    },
+    Status {
+        id: u32,
+        code: StatusCode,
+        message: String,
+    },
+    Handle {
+        id: u32,
+        handle: Vec<u8>,
+    },
+    Data {
+        id: u32,
+        data: Bytes,
+    },
+    Name {
+        id: u32,
+        entries: Vec<NameEntry>,
+    },
+    Attrs {
+        id: u32,
+        attrs: Attrs,
+    },
+    StatVfs {
+        id: u32,
+        stat: StatVfs,
+    },
+    Limits {
+        id: u32,
+        max_packet: u64,
+        max_read: u64,
+        max_write: u64,
+        max_handles: u64,
+    },
     /// Names in request order, empty where an id has none.
-    UsersGroups { id: u32, users: Vec<Vec<u8>>, groups: Vec<Vec<u8>> },
+    UsersGroups {
+        id: u32,
+        users: Vec<Vec<u8>>,
+        groups: Vec<Vec<u8>>,
+    },
 }
 
 impl Response {
@@ -319,8 +427,14 @@ impl Response {
         use Response::*;
         match self {
             Version { .. } => None,
-            Status { id, .. } | Handle { id, .. } | Data { id, .. } | Name { id, .. } | Attrs { id, .. }
-            | StatVfs { id, .. } | Limits { id, .. } | UsersGroups { id, .. } => Some(*id),
+            Status { id, .. }
+            | Handle { id, .. }
+            | Data { id, .. }
+            | Name { id, .. }
+            | Attrs { id, .. }
+            | StatVfs { id, .. }
+            | Limits { id, .. }
+            | UsersGroups { id, .. } => Some(*id),
         }
     }
 }
@@ -429,10 +543,7 @@ fn encode_unbounded(response: &Response, out: &mut BytesMut) -> Option<Bytes> {
         Response::StatVfs { id, stat: s } => {
             out.put_u8(fxp::EXTENDED_REPLY);
             out.put_u32(*id);
-            for v in [
-                s.bsize, s.frsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.favail,
-                s.fsid, s.flag, s.namemax,
-            ] {
+            for v in [s.bsize, s.frsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.favail, s.fsid, s.flag, s.namemax] {
                 out.put_u64(v);
             }
         }
@@ -513,9 +624,27 @@ mod tests {
     #[test]
     fn every_truncation_of_valid_packets_is_an_error_not_a_panic() {
         let valid = [
-            packet(fxp::OPEN, 7, &[&s(b"name"), &3u32.to_be_bytes(), &15u32.to_be_bytes(), &9u64.to_be_bytes(), &1u32.to_be_bytes(), &2u32.to_be_bytes(), &0o644u32.to_be_bytes(), &1u32.to_be_bytes(), &2u32.to_be_bytes()]),
+            packet(
+                fxp::OPEN,
+                7,
+                &[
+                    &s(b"name"),
+                    &3u32.to_be_bytes(),
+                    &15u32.to_be_bytes(),
+                    &9u64.to_be_bytes(),
+                    &1u32.to_be_bytes(),
+                    &2u32.to_be_bytes(),
+                    &0o644u32.to_be_bytes(),
+                    &1u32.to_be_bytes(),
+                    &2u32.to_be_bytes(),
+                ],
+            ),
             packet(fxp::WRITE, 1, &[&s(b"h1"), &5u64.to_be_bytes(), &s(b"hello")]),
-            packet(fxp::EXTENDED, 3, &[&s(b"copy-data"), &s(b"h"), &1u64.to_be_bytes(), &2u64.to_be_bytes(), &s(b"g"), &3u64.to_be_bytes()]),
+            packet(
+                fxp::EXTENDED,
+                3,
+                &[&s(b"copy-data"), &s(b"h"), &1u64.to_be_bytes(), &2u64.to_be_bytes(), &s(b"g"), &3u64.to_be_bytes()],
+            ),
         ];
         for body in valid {
             assert!(decode(&body).is_ok());

@@ -264,7 +264,8 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
             self.threads.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        let started = thread::Builder::new().name("sftp".into()).stack_size(THREAD_STACK).spawn_scoped(scope, move || self.run_thread(scope));
+        let started =
+            thread::Builder::new().name("sftp".into()).stack_size(THREAD_STACK).spawn_scoped(scope, move || self.run_thread(scope));
         if let Err(e) = started {
             // The session still works, with less concurrency.
             self.threads.fetch_sub(1, Ordering::SeqCst);
@@ -511,9 +512,7 @@ fn read_packet(input: &mut impl Read) -> Result<Option<Bytes>, SessionError> {
         return Err(SessionError::Oversized(len));
     }
     let mut body = BytesMut::zeroed(len as usize);
-    input.read_exact(&mut body).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof { SessionError::Truncated } else { e.into() }
-    })?;
+    input.read_exact(&mut body).map_err(|e| if e.kind() == io::ErrorKind::UnexpectedEof { SessionError::Truncated } else { e.into() })?;
     Ok(Some(body.freeze()))
 }
 

@@ -227,13 +227,33 @@ impl Request {
     pub fn lane(&self) -> Lane<'_> {
         use Request::*;
         match self {
-            Close { handle } | Read { handle, .. } | Write { handle, .. } | Fstat { handle } | Fsetstat { handle, .. }
-            | Readdir { handle } | Fstatvfs { handle } | Fsync { handle } => Lane::Handles(handle, None),
+            Close { handle }
+            | Read { handle, .. }
+            | Write { handle, .. }
+            | Fstat { handle }
+            | Fsetstat { handle, .. }
+            | Readdir { handle }
+            | Fstatvfs { handle }
+            | Fsync { handle } => Lane::Handles(handle, None),
             CopyData { read_handle, write_handle, .. } => Lane::Handles(read_handle, Some(write_handle)),
             Limits | HomeDirectory | UsersGroupsById { .. } | UnknownExtended { .. } | Unknown { .. } => Lane::Reply,
-            Open { .. } | Lstat { .. } | Setstat { .. } | Opendir { .. } | Remove { .. } | Mkdir { .. } | Rmdir { .. }
-            | Realpath { .. } | Stat { .. } | Rename { .. } | Readlink { .. } | Symlink { .. } | PosixRename { .. }
-            | Statvfs { .. } | Hardlink { .. } | Lsetstat { .. } | ExpandPath { .. } => Lane::Paths,
+            Open { .. }
+            | Lstat { .. }
+            | Setstat { .. }
+            | Opendir { .. }
+            | Remove { .. }
+            | Mkdir { .. }
+            | Rmdir { .. }
+            | Realpath { .. }
+            | Stat { .. }
+            | Rename { .. }
+            | Readlink { .. }
+            | Symlink { .. }
+            | PosixRename { .. }
+            | Statvfs { .. }
+            | Hardlink { .. }
+            | Lsetstat { .. }
+            | ExpandPath { .. } => Lane::Paths,
         }
     }
 }

@@ -12,8 +12,8 @@ use rustix::fs::{AtFlags, Dir, OFlags};
 
 use super::accounts::Accounts;
 use super::codec::{self, Attrs, NameEntry, Request, Response, StatVfs, StatusCode, pflags};
-use super::engine::{self, MAX_HANDLES, Operations, Outcome, status};
 pub use super::engine::SessionError;
+use super::engine::{self, MAX_HANDLES, Operations, Outcome, status};
 use super::listing;
 use super::requests;
 use crate::confined::{self, Metadata, Root};
@@ -182,15 +182,13 @@ impl Operations for Server {
                     Err(e) => error_status(id, &e),
                 }
             }
-            (Object::File { file, written, .. }, None, Request::Write { offset, data, .. }) => {
-                match file.write_all_at(&data, offset) {
-                    Ok(()) => {
-                        *written += data.len() as u64;
-                        ok(id)
-                    }
-                    Err(e) => error_status(id, &e),
+            (Object::File { file, written, .. }, None, Request::Write { offset, data, .. }) => match file.write_all_at(&data, offset) {
+                Ok(()) => {
+                    *written += data.len() as u64;
+                    ok(id)
                 }
-            }
+                Err(e) => error_status(id, &e),
+            },
             (Object::File { file, .. }, None, Request::Fstat { .. }) => attrs_reply(id, rustix::fs::fstat(file).map_err(io::Error::from)),
             (Object::File { file, path, .. }, None, Request::Fsetstat { attrs, .. }) => {
                 let r = confined::set_metadata(file.as_fd(), &metadata(&attrs));
@@ -204,10 +202,10 @@ impl Operations for Server {
                 Ok(()) => ok(id),
                 Err(e) => error_status(id, &e),
             },
-            (Object::File { file, .. }, None, Request::Fstatvfs { .. }) => statvfs_reply(id, rustix::fs::fstatvfs(file).map_err(io::Error::from)),
-            (Object::Dir { fd, dir, is_root, .. }, None, Request::Readdir { .. }) => {
-                readdir(id, fd, dir, *is_root, &self.options.accounts)
+            (Object::File { file, .. }, None, Request::Fstatvfs { .. }) => {
+                statvfs_reply(id, rustix::fs::fstatvfs(file).map_err(io::Error::from))
             }
+            (Object::Dir { fd, dir, is_root, .. }, None, Request::Readdir { .. }) => readdir(id, fd, dir, *is_root, &self.options.accounts),
             (_, None, other) => {
                 status(id, requests::invalid_handle(other.kind()), format!("request not valid for this handle: {}", other.name()))
             }
@@ -324,7 +322,8 @@ fn statvfs_flags(flags: rustix::fs::StatVfsMountFlags) -> u64 {
     const RDONLY: u64 = 0x1;
     const NOSUID: u64 = 0x2;
     let has = |flag| flags.contains(flag);
-    (if has(rustix::fs::StatVfsMountFlags::RDONLY) { RDONLY } else { 0 }) | (if has(rustix::fs::StatVfsMountFlags::NOSUID) { NOSUID } else { 0 })
+    (if has(rustix::fs::StatVfsMountFlags::RDONLY) { RDONLY } else { 0 })
+        | (if has(rustix::fs::StatVfsMountFlags::NOSUID) { NOSUID } else { 0 })
 }
 
 fn attrs_reply(id: u32, st: io::Result<rustix::fs::Stat>) -> Response {

@@ -22,11 +22,8 @@ pub fn bin() -> &'static str {
 pub use podsftp_test_support::free_port;
 
 fn keygen(path: &Path) {
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen");
+    let status =
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"]).arg(path).status().expect("ssh-keygen");
     assert!(status.success());
 }
 
@@ -157,13 +154,10 @@ impl Server {
     }
 
     fn ssh_options(&self) -> Vec<String> {
-        [
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            "-o", "ConnectTimeout=20",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     /// An OpenSSH client command logging in with the password through sshpass.

@@ -21,9 +21,9 @@ pub fn chart_dir() -> PathBuf {
 /// target directory of `tests/lib/env.sh`: the same bytes the images carry.
 pub fn release_binary(name: &str) -> PathBuf {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("PODSFTP_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/podsftp")
-        });
+        let cache = std::env::var_os("PODSFTP_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/podsftp"));
         cache.join("cargo-target")
     });
     let path = target_dir.join("x86_64-unknown-linux-gnu/release").join(name);
@@ -58,13 +58,7 @@ pub fn try_run(program: &str, args: &[&str], input: Option<&str>) -> Result<Stri
     if out.status.success() {
         Ok(stdout)
     } else {
-        Err(format!(
-            "`{program} {}` failed ({}):\n{}{}",
-            args.join(" "),
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("`{program} {}` failed ({}):\n{}{}", args.join(" "), out.status, stdout, String::from_utf8_lossy(&out.stderr)))
     }
 }
 
@@ -159,8 +153,7 @@ impl Release {
     /// `helm upgrade` to the chart of this checkout with `--reuse-values` plus `set`.
     pub fn upgrade(&self, set: &[&str]) -> String {
         let chart = chart_dir();
-        let mut args =
-            vec!["upgrade", &self.name, chart.to_str().expect("utf-8 path"), "-n", &self.namespace, "--reuse-values"];
+        let mut args = vec!["upgrade", &self.name, chart.to_str().expect("utf-8 path"), "-n", &self.namespace, "--reuse-values"];
         for value in set {
             args.extend(["--set", value]);
         }

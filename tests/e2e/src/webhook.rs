@@ -18,10 +18,7 @@ use crate::helm::{eventually, kubectl_apply, release_binary, try_run};
 
 /// The value of a counter line `name{labels} value` (or `name value`) in Prometheus text.
 pub fn metric_value(metrics_text: &str, series: &str) -> f64 {
-    metrics_text
-        .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
+    metrics_text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
 /// How the host-run webhook gets its certificate.
@@ -56,9 +53,8 @@ impl HostWebhook {
     pub fn start_at(listen: SocketAddr, own_namespace: &str, tls: Tls, extra_args: &[&str]) -> HostWebhook {
         let dir = tempfile::tempdir().expect("temp dir");
         let metrics = free_address();
-        let mut args: Vec<String> = ["serve", "--listen", &listen.to_string(), "--metrics-listen", &metrics.to_string()]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> =
+            ["serve", "--listen", &listen.to_string(), "--metrics-listen", &metrics.to_string()].map(String::from).to_vec();
         args.extend(["--namespace".into(), own_namespace.into(), "--log-format".into(), "text".into()]);
         let ca_pem = match tls {
             Tls::GeneratedFiles => {

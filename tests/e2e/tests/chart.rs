@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use podsftp_e2e::helm::{
-    chart_dir, eventually, exists, helm, kubectl, kubectl_apply, kubectl_json, release_binary, repo_root,
-    require_cluster, try_run, Release, TestNamespace,
+    Release, TestNamespace, chart_dir, eventually, exists, helm, kubectl, kubectl_apply, kubectl_json, release_binary, repo_root,
+    require_cluster, try_run,
 };
 use podsftp_e2e::webhook::free_port;
 
@@ -66,10 +66,8 @@ fn values_schema_rejects_typos_and_bad_values() {
 #[test]
 fn webhook_configuration_selects_per_product_contract() {
     let manifests = template("sel", "tools", &["webhook.excludeNamespaces={legacy}"]).unwrap_or_else(|e| panic!("{e}"));
-    let config = manifests
-        .split("\n---")
-        .find(|doc| doc.contains("kind: MutatingWebhookConfiguration"))
-        .expect("a MutatingWebhookConfiguration");
+    let config =
+        manifests.split("\n---").find(|doc| doc.contains("kind: MutatingWebhookConfiguration")).expect("a MutatingWebhookConfiguration");
     for expected in [
         "name: namespace.podsftp.io",
         "name: pod.podsftp.io",
@@ -121,12 +119,9 @@ fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() 
     let certs = std::env::temp_dir().join(format!("podsftp-chart-certs-{}", std::process::id()));
     let out = certs.to_str().expect("utf-8 path");
     let generate = repo_root().join("certs/generate");
-    let ca_bundle = try_run(
-        generate.to_str().expect("utf-8 path"),
-        &["--service", "dry-podsftp", "--namespace", &ns.name, "--out", out],
-        None,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let ca_bundle =
+        try_run(generate.to_str().expect("utf-8 path"), &["--service", "dry-podsftp", "--namespace", &ns.name, "--out", out], None)
+            .unwrap_or_else(|e| panic!("{e}"));
     let ca_bundle = ca_bundle.trim();
 
     let stubs = StubCrds(!exists("crd", "certificates.cert-manager.io", None));
@@ -142,7 +137,11 @@ fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() 
         ("cert-manager, self-signed issuer", vec!["certificates.mode=cert-manager"]),
         (
             "cert-manager, cluster issuer",
-            vec!["certificates.mode=cert-manager", "certificates.certManager.issuerRef.name=ca", "certificates.certManager.issuerRef.kind=ClusterIssuer"],
+            vec![
+                "certificates.mode=cert-manager",
+                "certificates.certManager.issuerRef.name=ca",
+                "certificates.certManager.issuerRef.kind=ClusterIssuer",
+            ],
         ),
         ("secret", vec!["certificates.mode=secret", &secret_name, &secret_bundle]),
         (
@@ -202,10 +201,7 @@ fn assert_nothing_left(release_name: &str, namespace: &str, cluster_name: &str) 
         "-o",
         "name",
     ]);
-    let left: Vec<&str> = left
-        .lines()
-        .filter(|name| *name != "serviceaccount/default" && *name != "configmap/kube-root-ca.crt")
-        .collect();
+    let left: Vec<&str> = left.lines().filter(|name| *name != "serviceaccount/default" && *name != "configmap/kube-root-ca.crt").collect();
     assert!(left.is_empty(), "helm uninstall of {release_name} left in {namespace}: {left:?}");
 }
 
@@ -319,7 +315,11 @@ fn granted(rules: &serde_json::Value) -> Vec<String> {
 
 /// Creates pod NAME (the test app image) in NAMESPACE and returns it as stored.
 fn create_pod(name: &str, namespace: &str, labels: &[(&str, &str)]) -> serde_json::Value {
-    let _ = try_run("kubectl", &["delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=false", "--grace-period=0", "--force"], None);
+    let _ = try_run(
+        "kubectl",
+        &["delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=false", "--grace-period=0", "--force"],
+        None,
+    );
     eventually(&format!("old pod {namespace}/{name} gone"), WAIT, || {
         if exists("pod", name, Some(namespace)) { Err("still there".into()) } else { Ok(()) }
     });
@@ -367,11 +367,28 @@ fn auto_mode_webhook_on_the_host_creates_its_certificate_and_patches_labelled_po
     let cluster_role = kubectl_json(&["get", "clusterrole", &release.cluster_name()]);
     let cluster_name = release.cluster_name();
     let mut expected: Vec<String> = [
-        " namespaces get", " namespaces list", " namespaces watch", " pods list", " pods watch",
-        " replicationcontrollers get", " secrets create", " secrets get", " secrets patch", " services create",
-        " services delete", " services get", " services list", " services patch", "apps daemonsets get",
-        "apps deployments get", "apps replicasets get", "apps statefulsets get", "batch cronjobs get", "batch jobs get",
-        "events.k8s.io events create", "events.k8s.io events patch",
+        " namespaces get",
+        " namespaces list",
+        " namespaces watch",
+        " pods list",
+        " pods watch",
+        " replicationcontrollers get",
+        " secrets create",
+        " secrets get",
+        " secrets patch",
+        " services create",
+        " services delete",
+        " services get",
+        " services list",
+        " services patch",
+        "apps daemonsets get",
+        "apps deployments get",
+        "apps replicasets get",
+        "apps statefulsets get",
+        "batch cronjobs get",
+        "batch jobs get",
+        "events.k8s.io events create",
+        "events.k8s.io events patch",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -437,7 +454,8 @@ fn auto_mode_webhook_on_the_host_creates_its_certificate_and_patches_labelled_po
     ));
     eventually("Secret, Service and Created event of Deployment files", WAIT, || {
         let made = ["secret", "service"].iter().all(|kind| exists(kind, "files-sftp", Some(&labelled.name)));
-        let events = kubectl(&["get", "events", "-n", &labelled.name, "--field-selector", "involvedObject.name=files,reason=Created", "-o", "name"]);
+        let events =
+            kubectl(&["get", "events", "-n", &labelled.name, "--field-selector", "involvedObject.name=files,reason=Created", "-o", "name"]);
         if made && !events.trim().is_empty() { Ok(()) } else { Err(std::fs::read_to_string(&log_path).unwrap_or_default()) }
     });
     // Two sweeps (list of Services) have run by now.

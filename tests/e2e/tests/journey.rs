@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use podsftp_e2e::helm::{eventually, exists, kubectl, kubectl_apply, kubectl_json, require_cluster, run, try_run, Release, TestNamespace};
+use podsftp_e2e::helm::{Release, TestNamespace, eventually, exists, kubectl, kubectl_apply, kubectl_json, require_cluster, run, try_run};
 
 const WAIT: Duration = Duration::from_secs(180);
 const APPS: &str = "journey-apps";
@@ -33,7 +33,9 @@ fn sftp_command(port: u16, auth: &Auth) -> (&'static str, Vec<String>) {
             "sshpass"
         }
         Auth::Key(key) => {
-            args.extend(["-i", key.to_str().expect("utf-8 path"), "-o", "IdentitiesOnly=yes", "-o", "PasswordAuthentication=no"].map(String::from));
+            args.extend(
+                ["-i", key.to_str().expect("utf-8 path"), "-o", "IdentitiesOnly=yes", "-o", "PasswordAuthentication=no"].map(String::from),
+            );
             "sftp"
         }
     };
@@ -95,8 +97,15 @@ fn ready_pods(owner: &str, count: usize) -> Vec<serde_json::Value> {
                 && p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
         };
         let good: Vec<_> = pods.iter().filter(|p| ready(p)).cloned().collect();
-        if good.len() == count && pods.len() == count { Ok(good) } else {
-            Err(format!("{} of {} ready: {}", good.len(), pods.len(), pods.iter().map(|p| p["status"].to_string()).collect::<Vec<_>>().join("\n")))
+        if good.len() == count && pods.len() == count {
+            Ok(good)
+        } else {
+            Err(format!(
+                "{} of {} ready: {}",
+                good.len(),
+                pods.len(),
+                pods.iter().map(|p| p["status"].to_string()).collect::<Vec<_>>().join("\n")
+            ))
         }
     })
 }
@@ -162,13 +171,7 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
     });
     kubectl_apply(&deployment("distroless", "test-distroless", 1, "", ""));
     kubectl_apply(&deployment("rootapp", "test-rootapp", 1, "", ""));
-    kubectl_apply(&deployment(
-        "confined",
-        "test-legacy",
-        1,
-        uid_1000,
-        "podsftp.io/root: /srv/data, podsftp.io/read-only: \"true\"",
-    ));
+    kubectl_apply(&deployment("confined", "test-legacy", 1, uid_1000, "podsftp.io/root: /srv/data, podsftp.io/read-only: \"true\""));
 
     // 3. Each app: Running with the sidecar ready; password and key logins; upload lands in the
     //    app container with the app's uid; download gives the same bytes.
@@ -196,7 +199,8 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
         assert_eq!(sha256(&back), sha256(&upload), "{owner}: downloaded bytes differ");
 
         // Both replicas share the volume of the Secret, not the files: find the pod that got it.
-        let holder = pods.iter().find(|p| in_app(p, &remote).exists()).unwrap_or_else(|| panic!("{owner}: {remote} is in no app container"));
+        let holder =
+            pods.iter().find(|p| in_app(p, &remote).exists()).unwrap_or_else(|| panic!("{owner}: {remote} is in no app container"));
         let inside = in_app(holder, &remote);
         assert_eq!(sha256(&inside), sha256(&upload), "{owner}: bytes in the app container differ");
         let meta = std::fs::metadata(&inside).expect("metadata");
@@ -213,8 +217,8 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
     assert!(!listing.contains("bin") && !listing.contains("etc"), "left the root: {listing}");
     // Logged in (the listing ran), then refused: the batch stops at the refused command.
     for change in [format!("put {} /new.bin", upload.display()), "rm /hello.txt".into(), "mkdir /new".into()] {
-        let refused = sftp(&host, port, &user, &auth, &format!("ls /\n{change}\n"))
-            .expect_err(&format!("{change} succeeded on a read-only app"));
+        let refused =
+            sftp(&host, port, &user, &auth, &format!("ls /\n{change}\n")).expect_err(&format!("{change} succeeded on a read-only app"));
         assert!(refused.contains("hello.txt") && refused.contains(&format!("sftp> {change}")), "{change}: {refused}");
     }
     assert!(sftp(&host, port, &user, &auth, "ls /\n").is_ok_and(|l| l.contains("hello.txt") && !l.contains("new")));
@@ -238,7 +242,8 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
     let (host, port) = service_address("rootapp");
     let (program, mut args) = sftp_command(port, &Auth::Password(&password));
     args.push(format!("{user}@{host}"));
-    let mut open_session = Command::new(program).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sftp");
+    let mut open_session =
+        Command::new(program).args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sftp");
     let mut commands = open_session.stdin.take().expect("stdin");
     let mut echoes = BufReader::new(open_session.stdout.take().expect("stdout"));
     writeln!(commands, "pwd").expect("write to sftp");
@@ -248,7 +253,9 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
     assert!(echo.contains("pwd"), "sftp session did not start: {echo:?}");
     let app = app_pid(pod, "app");
     run("kill", &["-9", &app.to_string()]);
-    eventually("the app's process gone", WAIT, || if std::path::Path::new(&format!("/proc/{app}")).exists() { Err("still there".to_string()) } else { Ok(()) });
+    eventually("the app's process gone", WAIT, || {
+        if std::path::Path::new(&format!("/proc/{app}")).exists() { Err("still there".to_string()) } else { Ok(()) }
+    });
     writeln!(commands, "ls /var/www").expect("write to sftp");
     drop(commands);
     let mut stderr = String::new();
@@ -284,7 +291,11 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
         }
         Ok(())
     });
-    assert!(pods_of("legacy").iter().all(|p| p["status"]["containerStatuses"].as_array().is_some_and(|cs| cs.iter().all(|c| c["restartCount"] == 0))));
+    assert!(
+        pods_of("legacy")
+            .iter()
+            .all(|p| p["status"]["containerStatuses"].as_array().is_some_and(|cs| cs.iter().all(|c| c["restartCount"] == 0)))
+    );
 
     // 6. An injected Job completes (native sidecar).
     kubectl_apply(&format!(
@@ -294,7 +305,10 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
          \x20         command: [/bin/busybox, sh, -c, \"ls /srv/data && sleep 3\"]\n"
     ));
     kubectl(&["wait", "job/batch", "-n", APPS, "--for=condition=Complete", "--timeout=180s"]);
-    assert!(pods_of("batch").iter().all(|p| p["metadata"]["annotations"]["podsftp.io/status"] == "injected"), "the Job's pod was not injected");
+    assert!(
+        pods_of("batch").iter().all(|p| p["metadata"]["annotations"]["podsftp.io/status"] == "injected"),
+        "the Job's pod was not injected"
+    );
 
     // 7. Delete a Deployment: its Service and Secret are garbage-collected.
     kubectl(&["delete", "deployment", "distroless", "-n", APPS]);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use podsftp_e2e::helm::{TestNamespace, eventually, kubectl, kubectl_apply, kubectl_json, require_cluster, try_run};
-use podsftp_webhook::pki::{CertAndKey, SERVING_VALIDITY, issue_serving};
 use podsftp_e2e::webhook::{HostWebhook, Registration, Tls, free_address, is_injected};
+use podsftp_webhook::pki::{CertAndKey, SERVING_VALIDITY, issue_serving};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -49,7 +49,11 @@ fn auto_mode_creates_its_certificate_and_patches_the_ca_bundle() {
     assert!(is_injected(&pod), "the apiserver called the webhook over the auto-mode certificate:\n{}", webhook.log_text());
 
     // A second replica started later shares the same Secret instead of making its own CA.
-    let second = HostWebhook::start(&system.name, Tls::Auto { secret: "podsftp-webhook-tls".into(), webhook_configuration: registration.name.clone() }, &[]);
+    let second = HostWebhook::start(
+        &system.name,
+        Tls::Auto { secret: "podsftp-webhook-tls".into(), webhook_configuration: registration.name.clone() },
+        &[],
+    );
     let after = kubectl(&["get", "secret", "podsftp-webhook-tls", "-n", &system.name, "-o", "jsonpath={.data.ca\\.crt}"]);
     assert_eq!(after, ca_bundle, "the CA is shared, not replaced");
 
@@ -77,7 +81,11 @@ fn auto_mode_creates_its_certificate_and_patches_the_ca_bundle() {
     // bundle the apiserver trusts stays valid), by the next replica that starts.
     let broken = serde_json::json!({"data": {"tls.key": encode("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")}});
     kubectl(&["patch", "secret", "podsftp-webhook-tls", "-n", &system.name, "--type=merge", "-p", &broken.to_string()]);
-    let third = HostWebhook::start(&system.name, Tls::Auto { secret: "podsftp-webhook-tls".into(), webhook_configuration: registration.name.clone() }, &[]);
+    let third = HostWebhook::start(
+        &system.name,
+        Tls::Auto { secret: "podsftp-webhook-tls".into(), webhook_configuration: registration.name.clone() },
+        &[],
+    );
     let repaired = kubectl_json(&["get", "secret", "podsftp-webhook-tls", "-n", &system.name]);
     assert_eq!(repaired["data"]["ca.crt"], secret["data"]["ca.crt"], "the CA was replaced:\n{}", third.log_text());
     assert_ne!(repaired["data"]["tls.key"], broken["data"]["tls.key"], "the broken key was not replaced");

@@ -41,7 +41,11 @@ fn pod(namespace: &str, name: &str) -> Value {
 }
 
 fn get(kind: &str, name: &str, namespace: &str) -> Result<Value, String> {
-    if exists(kind, name, Some(namespace)) { Ok(kubectl_json(&["get", kind, name, "-n", namespace])) } else { Err(format!("no {kind} {name}")) }
+    if exists(kind, name, Some(namespace)) {
+        Ok(kubectl_json(&["get", kind, name, "-n", namespace]))
+    } else {
+        Err(format!("no {kind} {name}"))
+    }
 }
 
 fn owner_annotation(pod: &Value) -> String {
@@ -80,7 +84,8 @@ fn event_message(namespace: &str, name: &str, reason: &str) -> String {
     eventually(&format!("a {reason} event about {name}"), WAIT, || {
         let selector = format!("involvedObject.name={name},reason={reason}");
         let events = kubectl_json(&["get", "events", "-n", namespace, "--field-selector", &selector]);
-        let message = events["items"].as_array().and_then(|items| items.first()).map(|e| e["message"].as_str().unwrap_or_default().to_string());
+        let message =
+            events["items"].as_array().and_then(|items| items.first()).map(|e| e["message"].as_str().unwrap_or_default().to_string());
         message.ok_or_else(|| format!("none; all events: {}", kubectl(&["get", "events", "-n", namespace])))
     })
 }
@@ -134,7 +139,9 @@ fn deployment_pods_are_patched_and_owner_resources_are_garbage_collected() {
     assert_owner_resources(&ns.name, "web", "Deployment", &deployment_uid);
 
     let secret = kubectl_json(&["get", "secret", "web-sftp", "-n", &ns.name]);
-    for key in ["username", "password", "authorized_keys", "id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+    for key in
+        ["username", "password", "authorized_keys", "id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+    {
         assert!(secret["data"][key].is_string(), "Secret key {key} missing: {secret}");
     }
     let password = kubectl(&["get", "secret", "web-sftp", "-n", &ns.name, "-o", "jsonpath={.data.password}"]);
@@ -146,7 +153,8 @@ fn deployment_pods_are_patched_and_owner_resources_are_garbage_collected() {
     assert_eq!(service["spec"]["sessionAffinity"], "ClientIP");
     assert_eq!(service["spec"]["selector"]["podsftp.io/owner"], web_pods[0]["metadata"]["labels"]["podsftp.io/owner"]);
     eventually("a Created event on the Deployment", WAIT, || {
-        let events = kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "involvedObject.name=web,reason=Created", "-o", "name"]);
+        let events =
+            kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "involvedObject.name=web,reason=Created", "-o", "name"]);
         if events.trim().is_empty() { Err("no event".to_string()) } else { Ok(()) }
     });
     assert!(metric_value(&webhook.metrics_text(), "podsftp_webhook_admissions_total{outcome=\"injected\"}") >= 2.0);
@@ -261,11 +269,15 @@ fn service_follows_template_annotations_and_goes_when_no_injected_pod_remains() 
         get("service", "files-sftp", &ns.name).map(|s| s["spec"]["ports"][0]["port"].as_u64().unwrap_or_default())
     };
     kubectl_apply(&files(2022));
-    eventually("Service files-sftp on port 2022", WAIT, || service_port().and_then(|p| if p == 2022 { Ok(()) } else { Err(format!("port {p}")) }));
+    eventually("Service files-sftp on port 2022", WAIT, || {
+        service_port().and_then(|p| if p == 2022 { Ok(()) } else { Err(format!("port {p}")) })
+    });
 
     // A new template creates a new ReplicaSet whose pods carry the new annotation.
     kubectl_apply(&files(2200));
-    eventually("Service files-sftp on port 2200", WAIT, || service_port().and_then(|p| if p == 2200 { Ok(()) } else { Err(format!("port {p}")) }));
+    eventually("Service files-sftp on port 2200", WAIT, || {
+        service_port().and_then(|p| if p == 2200 { Ok(()) } else { Err(format!("port {p}")) })
+    });
 
     // No injected pod left: the Service goes after the grace period (20 s here), the login stays.
     kubectl(&["scale", "deployment", "files", "-n", &ns.name, "--replicas=0"]);
@@ -286,7 +298,16 @@ fn user_created_secret_and_service_are_left_alone_with_an_event() {
     require_cluster();
     let ns = TestNamespace::create("wh-usersecret", &injection_enabled());
     let (_webhook, _registration) = webhook_for("wh-usersecret", "Fail", &[&ns.name]);
-    kubectl(&["create", "secret", "generic", "shop-pod-sftp", "-n", &ns.name, "--from-literal=username=alice", "--from-literal=password=alice-chose-this-password"]);
+    kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "shop-pod-sftp",
+        "-n",
+        &ns.name,
+        "--from-literal=username=alice",
+        "--from-literal=password=alice-chose-this-password",
+    ]);
     kubectl(&["create", "service", "clusterip", "shop-pod-sftp", "-n", &ns.name, "--tcp=80:8080"]);
     let secret_before = kubectl_json(&["get", "secret", "shop-pod-sftp", "-n", &ns.name]);
     let service_before = kubectl_json(&["get", "service", "shop-pod-sftp", "-n", &ns.name]);
@@ -299,13 +320,28 @@ fn user_created_secret_and_service_are_left_alone_with_an_event() {
     assert!(message.contains("shop-pod-sftp") && message.contains("not created by podsftp"), "{message}");
     // Both reconciled objects have been looked at once the Service conflict is reported.
     eventually("Conflict events for the Secret and the Service", WAIT, || {
-        let events = kubectl(&["get", "events", "-n", &ns.name, "--field-selector", "involvedObject.name=shop,reason=Conflict", "-o", "jsonpath={.items[*].message}"]);
+        let events = kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "involvedObject.name=shop,reason=Conflict",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
         if events.contains("Secret shop-pod-sftp") && events.contains("Service shop-pod-sftp") { Ok(()) } else { Err(events) }
     });
     let secret_after = kubectl_json(&["get", "secret", "shop-pod-sftp", "-n", &ns.name]);
     let service_after = kubectl_json(&["get", "service", "shop-pod-sftp", "-n", &ns.name]);
-    assert_eq!(secret_after["metadata"]["resourceVersion"], secret_before["metadata"]["resourceVersion"], "Secret modified: {secret_after}");
-    assert_eq!(service_after["metadata"]["resourceVersion"], service_before["metadata"]["resourceVersion"], "Service modified: {service_after}");
+    assert_eq!(
+        secret_after["metadata"]["resourceVersion"], secret_before["metadata"]["resourceVersion"],
+        "Secret modified: {secret_after}"
+    );
+    assert_eq!(
+        service_after["metadata"]["resourceVersion"], service_before["metadata"]["resourceVersion"],
+        "Service modified: {service_after}"
+    );
     assert!(secret_after["metadata"]["ownerReferences"].is_null() && service_after["metadata"]["ownerReferences"].is_null());
 }
 

@@ -55,7 +55,12 @@ pub fn verify(pod: &Pod, chain: &[VerifiedOwner]) -> Result<VerifiedOwner, Claim
         }
         let uid = pod.metadata.uid.clone().filter(|u| !u.is_empty()).ok_or(ClaimError::NoUid)?;
         let object_name = pod.metadata.name.clone().unwrap_or_default();
-        VerifiedOwner { owner: Owner { api_version: "v1".into(), kind: "Pod".into(), name: name.into() }, object_name, uid, namespaced: true }
+        VerifiedOwner {
+            owner: Owner { api_version: "v1".into(), kind: "Pod".into(), name: name.into() },
+            object_name,
+            uid,
+            namespaced: true,
+        }
     } else {
         chain.iter().find(|link| link.owner.kind == kind && link.owner.name == name).cloned().ok_or_else(not_an_owner)?
     };

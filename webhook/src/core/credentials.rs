@@ -9,7 +9,6 @@ pub use podsftp_contract::secret::*;
 use ssh_key::rand_core::{OsRng, RngCore};
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error("key generation failed: {0}")]
@@ -57,9 +56,7 @@ pub fn missing_entries(
     if !has(PASSWORD) {
         added.insert(PASSWORD.to_string(), random_password());
     }
-    for (private, public, comment) in
-        [(CLIENT_KEY, CLIENT_PUBLIC_KEY, login.username), (HOST_KEY, HOST_PUBLIC_KEY, "podsftp host key")]
-    {
+    for (private, public, comment) in [(CLIENT_KEY, CLIENT_PUBLIC_KEY, login.username), (HOST_KEY, HOST_PUBLIC_KEY, "podsftp host key")] {
         match (existing.get(private), has(public)) {
             (None, false) => {
                 let (private_pem, public_line) = key_pair(comment)?;

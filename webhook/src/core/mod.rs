@@ -14,7 +14,7 @@ pub mod validation;
 /// types the Kubernetes API uses.
 pub mod keys {
     pub use podsftp_contract::keys::*;
-    pub use podsftp_contract::sidecar::{CONTAINER_ENV, CREDENTIALS_PATH, CREDENTIALS_VOLUME, CONTAINER_NAME as SIDECAR_NAME};
+    pub use podsftp_contract::sidecar::{CONTAINER_ENV, CONTAINER_NAME as SIDECAR_NAME, CREDENTIALS_PATH, CREDENTIALS_VOLUME};
     use podsftp_contract::sidecar::{HEALTH_PORT, SFTP_PORT};
     // Lossless (u16 to i32): container ports are i32 in the Kubernetes API.
     pub const SIDECAR_PORT: i32 = SFTP_PORT as i32;
@@ -68,12 +68,8 @@ pub fn bare_pod_owner(pod: &k8s_openapi::api::core::v1::Pod, request_uid: &str) 
         Some(name) => name.to_string(),
         None => {
             let stem = generate_name_stem(pod.metadata.generate_name.as_deref()?);
-            let token: String = request_uid
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .map(|c| c.to_ascii_lowercase())
-                .take(GENERATED_TOKEN_LEN)
-                .collect();
+            let token: String =
+                request_uid.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).take(GENERATED_TOKEN_LEN).collect();
             if stem.is_empty() || token.len() < GENERATED_TOKEN_LEN {
                 return None;
             }

@@ -49,8 +49,7 @@ fn hashed_name(prefix: &str, owner_name: &str) -> String {
 /// two owners of different kinds with the same name never share a Service.
 pub fn owner_label(owner: &Owner) -> String {
     let hash = short_hash(&format!("{}/{}", owner.kind, owner.name));
-    let prefix =
-        readable_prefix(&owner.name, label_value_char, |c| c.is_ascii_alphanumeric(), LABEL_VALUE_MAX - HASH_LEN - 1);
+    let prefix = readable_prefix(&owner.name, label_value_char, |c| c.is_ascii_alphanumeric(), LABEL_VALUE_MAX - HASH_LEN - 1);
     if prefix.is_empty() { hash } else { format!("{prefix}-{hash}") }
 }
 
@@ -171,8 +170,7 @@ mod tests {
     /// Issue 11, item 5: names that Kubernetes would refuse as label value or Secret name.
     #[test]
     fn invalid_characters_uppercase_and_non_ascii_give_valid_distinct_names() {
-        let names =
-            ["my app", "a:b", "a/b", "Web", "WEB", "café", "日本", "-x-", "_x_", "a..b", ".", "", " ", "\0", "a\nb"];
+        let names = ["my app", "a:b", "a/b", "Web", "WEB", "café", "日本", "-x-", "_x_", "a..b", ".", "", " ", "\0", "a\nb"];
         for name in names {
             assert_all_valid(name);
         }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -17,9 +17,9 @@ use podsftp_contract::ServeArgs;
 use podsftp_contract::sidecar::{HEALTH_PORT_NAME, SFTP_PORT_NAME, SIDECAR_ENV};
 use serde_json::{Value, json};
 
-use super::{names, validation};
-use super::settings::{SidecarPlacement, Settings};
+use super::settings::{Settings, SidecarPlacement};
 use super::{Owner, keys};
+use super::{names, validation};
 
 /// Why a selected pod is nonetheless left unchanged (it is allowed, never denied).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,12 +70,7 @@ enum Privilege {
     Switch,
 }
 
-pub fn mutate(
-    pod: &Pod,
-    namespace_labels: &BTreeMap<String, String>,
-    owner: &Owner,
-    settings: &Settings,
-) -> Result<Mutation, PatchError> {
+pub fn mutate(pod: &Pod, namespace_labels: &BTreeMap<String, String>, owner: &Owner, settings: &Settings) -> Result<Mutation, PatchError> {
     let spec = pod.spec.as_ref().filter(|s| !s.containers.is_empty()).ok_or(PatchError::NoContainers)?;
     if spec.host_pid == Some(true) {
         return Err(PatchError::HostPid);
@@ -126,9 +121,7 @@ pub fn mutate(
     let mut ops = vec![add("/spec/shareProcessNamespace", json!(true))];
     ops.extend(container_env_ops(spec, served_index, &mut warnings));
     let (list, sidecar) = match settings.placement {
-        SidecarPlacement::Native => {
-            ("initContainers", Container { restart_policy: Some("Always".into()), ..sidecar })
-        }
+        SidecarPlacement::Native => ("initContainers", Container { restart_policy: Some("Always".into()), ..sidecar }),
         SidecarPlacement::Classic => ("containers", sidecar),
     };
     let list_present = match settings.placement {
@@ -146,18 +139,11 @@ pub fn mutate(
     if annotation_bytes > validation::ANNOTATIONS_MAX_BYTES {
         return Err(PatchError::AnnotationsFull(annotation_bytes));
     }
-    ops.extend(set_map_entries(
-        "/metadata/annotations",
-        pod.metadata.annotations.is_some(),
-        &ours,
-    ));
+    ops.extend(set_map_entries("/metadata/annotations", pod.metadata.annotations.is_some(), &ours));
     Ok(Mutation { patch: Patch(ops), warnings })
 }
 
-fn served_container<'a>(
-    containers: &'a [Container],
-    annotations: &BTreeMap<String, String>,
-) -> Result<(usize, &'a Container), PatchError> {
+fn served_container<'a>(containers: &'a [Container], annotations: &BTreeMap<String, String>) -> Result<(usize, &'a Container), PatchError> {
     let explicit = annotations.get(keys::CONTAINER);
     let wanted = explicit.or_else(|| annotations.get(keys::DEFAULT_CONTAINER));
     match wanted {
@@ -197,10 +183,8 @@ fn read_only(annotations: &BTreeMap<String, String>, warnings: &mut Vec<String>)
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => {
-            warnings.push(format!(
-                "podsftp: annotation {} is neither \"true\" nor \"false\"; the files are served read-only",
-                keys::READ_ONLY
-            ));
+            warnings
+                .push(format!("podsftp: annotation {} is neither \"true\" nor \"false\"; the files are served read-only", keys::READ_ONLY));
             true
         }
     }
@@ -213,10 +197,7 @@ fn privilege(pod: &Pod, served: &Container) -> Privilege {
     let gid = container_context.and_then(|c| c.run_as_group).or(pod_context.and_then(|p| p.run_as_group));
     match (uid, gid) {
         (Some(uid), Some(gid)) if uid != 0 => {
-            let add = container_context
-                .and_then(|c| c.capabilities.as_ref())
-                .and_then(|c| c.add.clone())
-                .unwrap_or_default();
+            let add = container_context.and_then(|c| c.capabilities.as_ref()).and_then(|c| c.add.clone()).unwrap_or_default();
             Privilege::Mirror { uid, gid, add }
         }
         _ => Privilege::Switch,
@@ -263,11 +244,7 @@ fn sidecar_container(settings: &Settings, served: &ServedDir, privilege: &Privil
     let log_format = &settings.sidecar_log_format;
     let args = ServeArgs { container: served.container, root: served.root, read_only: served.read_only, log_format }.to_args();
     let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String(HEALTH_PORT_NAME.into()),
-            ..Default::default()
-        }),
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String(HEALTH_PORT_NAME.into()), ..Default::default() }),
         period_seconds: Some(10),
         ..Default::default()
     };
@@ -281,8 +258,18 @@ fn sidecar_container(settings: &Settings, served: &ServedDir, privilege: &Privil
         image_pull_policy: Some(settings.sidecar_image_pull_policy.clone()),
         args: Some(args),
         ports: Some(vec![
-            ContainerPort { name: Some(SFTP_PORT_NAME.into()), container_port: keys::SIDECAR_PORT, protocol: Some("TCP".into()), ..Default::default() },
-            ContainerPort { name: Some(HEALTH_PORT_NAME.into()), container_port: keys::SIDECAR_HEALTH_PORT, protocol: Some("TCP".into()), ..Default::default() },
+            ContainerPort {
+                name: Some(SFTP_PORT_NAME.into()),
+                container_port: keys::SIDECAR_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some(HEALTH_PORT_NAME.into()),
+                container_port: keys::SIDECAR_HEALTH_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
         ]),
         env: Some(vec![EnvVar { name: SIDECAR_ENV.into(), value: Some("1".into()), ..Default::default() }]),
         readiness_probe: Some(probe("/readyz")),
@@ -315,9 +302,6 @@ fn credentials_volume(owner: &Owner) -> Volume {
         ..Default::default()
     }
 }
-
-/// Port names of the sidecar: prefixed, so an app port named `sftp` never collides (the Service
-/// targets the port number anyway).
 
 /// Makes `PODSFTP_CONTAINER=<name>` defined exactly once in the pod, in the served container: the
 /// sidecar finds its target by that variable, and Kubernetes uses the last of duplicate
@@ -382,8 +366,5 @@ fn set_map_entries(path: &str, present: bool, entries: &[(&str, &str)]) -> Vec<P
         let map: serde_json::Map<String, Value> = entries.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
         return vec![add(path, Value::Object(map))];
     }
-    entries
-        .iter()
-        .map(|(key, value)| add(&format!("{path}/{}", key.replace('~', "~0").replace('/', "~1")), json!(value)))
-        .collect()
+    entries.iter().map(|(key, value)| add(&format!("{path}/{}", key.replace('~', "~0").replace('/', "~1")), json!(value))).collect()
 }

@@ -16,12 +16,7 @@ pub enum Selection {
     Skip(&'static str),
 }
 
-pub fn select(
-    namespace: &str,
-    namespace_labels: &BTreeMap<String, String>,
-    pod: &Pod,
-    settings: &Settings,
-) -> Selection {
+pub fn select(namespace: &str, namespace_labels: &BTreeMap<String, String>, pod: &Pod, settings: &Settings) -> Selection {
     if SYSTEM_NAMESPACES.contains(&namespace) {
         return Selection::Skip("system namespace");
     }

@@ -72,18 +72,18 @@ fn container_problems(container: &Container) -> Vec<String> {
         if !(1..=65535).contains(&port.container_port) {
             found.push(format!("container {:?} has port {}", container.name, port.container_port));
         }
-        if let Some(name) = port.name.as_deref() {
-            if name.len() > PORT_NAME_MAX || !port_names.insert(name) {
-                found.push(format!("container {:?} has an invalid or repeated port name {name:?}", container.name));
-            }
+        if let Some(name) = port.name.as_deref()
+            && (name.len() > PORT_NAME_MAX || !port_names.insert(name))
+        {
+            found.push(format!("container {:?} has an invalid or repeated port name {name:?}", container.name));
         }
     }
     let probes = [&container.readiness_probe, &container.liveness_probe, &container.startup_probe];
     for probe in probes.into_iter().flatten() {
-        if let Some(IntOrString::String(name)) = probe_port(probe) {
-            if !port_names.contains(name.as_str()) {
-                found.push(format!("container {:?} probes the unknown port {name:?}", container.name));
-            }
+        if let Some(IntOrString::String(name)) = probe_port(probe)
+            && !port_names.contains(name.as_str())
+        {
+            found.push(format!("container {:?} probes the unknown port {name:?}", container.name));
         }
     }
     found

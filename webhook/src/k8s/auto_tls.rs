@@ -212,7 +212,8 @@ impl AutoTls {
             return Ok(false);
         }
         // A test on the resourceVersion keeps the indexes valid against concurrent edits.
-        let mut guarded = vec![serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": configuration.resource_version()})];
+        let mut guarded =
+            vec![serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": configuration.resource_version()})];
         guarded.extend(operations);
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(guarded))?;
         api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;

@@ -89,8 +89,10 @@ impl KubeCluster {
         }
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        let (resource, capabilities) = discovery::pinned_kind(&self.client, &gvk).await.map_err(|source| {
-            ResolveError::Discovery { api_version: api_version.into(), kind: kind.into(), source }
+        let (resource, capabilities) = discovery::pinned_kind(&self.client, &gvk).await.map_err(|source| ResolveError::Discovery {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            source,
         })?;
         let found = Kind { resource, namespaced: capabilities.scope == discovery::Scope::Namespaced };
         self.kinds.lock().map_err(|_| ResolveError::Poisoned)?.insert(key, found.clone());

@@ -211,7 +211,10 @@ async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, Reconcile
     let outcome = async {
         let secret = ensure_secret(&target, context).await?;
         let service = apply_service(&target, context).await?;
-        Ok::<_, ReconcileError>([("Secret", names::secret_name(&target.stem), secret), ("Service", names::service_name(&target.stem), service)])
+        Ok::<_, ReconcileError>([
+            ("Secret", names::secret_name(&target.stem), secret),
+            ("Service", names::service_name(&target.stem), service),
+        ])
     }
     .await;
     let results = match outcome {
@@ -241,10 +244,7 @@ async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, Reconcile
             }
             Outcome::Kept => {}
             Outcome::NotOurs => {
-                let note = format!(
-                    "{what} {name} exists but was not created by podsftp for {}: left unchanged",
-                    target.describe()
-                );
+                let note = format!("{what} {name} exists but was not created by podsftp for {}: left unchanged", target.describe());
                 tracing::warn!(namespace, owner = %target.describe(), what, name, "not created by podsftp; left unchanged");
                 publish(context, &target.object(), Some(related), EventType::Warning, "Conflict", &note).await;
                 next = Action::requeue(CONFLICT_RETRY);
@@ -312,12 +312,7 @@ async fn ensure_secret(target: &OwnerTarget, context: &Context) -> Result<Outcom
     let api: Api<Secret> = Api::namespaced(context.client.clone(), &target.namespace);
     let name = names::secret_name(&target.stem);
     let login = LoginRequest {
-        username: target
-            .settings
-            .get(keys::USERNAME)
-            .map(String::as_str)
-            .filter(|u| !u.is_empty())
-            .unwrap_or(&target.verified.owner.name),
+        username: target.settings.get(keys::USERNAME).map(String::as_str).filter(|u| !u.is_empty()).unwrap_or(&target.verified.owner.name),
         extra_authorized_keys: target.settings.get(keys::AUTHORIZED_KEYS).map(String::as_str),
     };
     let existing = match api.get_opt(&name).await? {
@@ -500,11 +495,8 @@ async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
             }
         };
         // (namespace, owner label) of every injected pod, once per sweep.
-        let owners_with_pods: HashSet<(String, String)> = pods
-            .state()
-            .iter()
-            .filter_map(|pod| Some((pod.namespace()?, pod.labels().get(keys::OWNER_LABEL)?.clone())))
-            .collect();
+        let owners_with_pods: HashSet<(String, String)> =
+            pods.state().iter().filter_map(|pod| Some((pod.namespace()?, pod.labels().get(keys::OWNER_LABEL)?.clone()))).collect();
         let ours: Vec<&Service> = list.items.iter().filter(|s| controller_of(&s.metadata).is_some()).collect();
         let observed: Vec<(String, bool)> = ours
             .iter()
