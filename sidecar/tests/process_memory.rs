@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::app::*;
 use common::raw_sftp::*;
@@ -19,35 +19,19 @@ const FXF_WRITE: u32 = 2;
 const FX_PERMISSION_DENIED: u32 = 3;
 
 /// A container process whose root has the pod's `/proc` mounted (the host's PID namespace,
-/// like `shareProcessNamespace: true`): `setup` is the command that drops to the app's identity
+/// like `shareProcessNamespace: true`): `enter` is the command that drops to the app's identity
 /// and chroots (e.g. `chroot --userspec=U:G`).
-struct App {
-    unshare: Child,
-    pid: u32,
-}
-
-impl App {
-    fn start(root: &Path, uid: u32, enter: &str) -> App {
-        std::fs::create_dir_all(root.join("proc")).unwrap();
-        let script = format!(r#"mount -t proc proc "$0/proc" && exec {enter} "$0" /bin/busybox env PODSFTP_CONTAINER=app /bin/sleep 1000"#);
-        let unshare = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", &script])
-            .arg(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("unshare");
-        let pid = wait_for_process(unshare.id(), |status| status.contains("Name:\tsleep") && status.contains(&format!("Uid:\t{uid}\t")));
-        App { unshare, pid }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
-        let _ = self.unshare.kill();
-        let _ = self.unshare.wait();
-    }
+fn start_app(root: &Path, uid: u32, enter: &str) -> App {
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    let script = format!(r#"mount -t proc proc "$0/proc" && exec {enter} "$0" /bin/busybox env PODSFTP_CONTAINER=app /bin/sleep 1000"#);
+    let unshare = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", &script])
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("unshare");
+    App::started(unshare, |status| status.contains("Name:\tsleep") && status.contains(&format!("Uid:\t{uid}\t")))
 }
 
 /// OPEN of `path` with `flags`: `Ok(())` when refused with PERMISSION_DENIED, else what the
@@ -97,7 +81,7 @@ fn attack(server: &Server) {
 #[test]
 fn mirror_mode_session_cannot_touch_sidecar_memory() {
     let root = busybox_root("mirror");
-    let app = App::start(root.path(), APP_UID, &format!("chroot --userspec={APP_UID}:{APP_UID} --groups={APP_UID}"));
+    let app = start_app(root.path(), APP_UID, &format!("chroot --userspec={APP_UID}:{APP_UID} --groups={APP_UID}"));
     let (_dir, bin_copy) = unprivileged_copy();
     let creds = Credentials::new();
     use std::os::unix::fs::PermissionsExt;
@@ -114,7 +98,7 @@ fn mirror_mode_session_cannot_touch_sidecar_memory() {
 fn switch_mode_session_of_a_root_app_cannot_touch_sidecar_memory() {
     let root = busybox_root("switch");
     let bounding = format!("--bounding-set={DEFAULT_CAPS}");
-    let app = App::start(root.path(), 0, &format!("setpriv {bounding} -- chroot"));
+    let app = start_app(root.path(), 0, &format!("setpriv {bounding} -- chroot"));
     let setpriv = ["setpriv", &bounding, "--"];
     let server = Server::start_wrapped(
         Credentials::new(),
@@ -129,7 +113,7 @@ fn switch_mode_session_of_a_root_app_cannot_touch_sidecar_memory() {
 #[test]
 fn the_served_roots_proc_is_not_entered_by_default() {
     let root = busybox_root("default");
-    let app = App::start(root.path(), 0, "chroot");
+    let app = start_app(root.path(), 0, "chroot");
     let server = Server::start(&["--pid", &app.pid.to_string()]);
     server.wait_ready(200);
     let mut session = RawSftp::connect(&server);

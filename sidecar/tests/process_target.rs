@@ -17,43 +17,26 @@ use common::*;
 
 /// A process that looks like a container: own mount and PID namespace, chrooted into `root`,
 /// running as APP_UID with no capabilities, with PODSFTP_CONTAINER set.
-struct App {
-    unshare: Child,
-    pub pid: u32,
-}
-
-impl App {
-    fn start(root: &Path, container: &str) -> App {
-        let unshare = Command::new("unshare")
-            .args(["--mount", "--pid", "--fork", "--kill-child"])
-            .arg(format!("--root={}", root.display()))
-            .args(["--setuid", &APP_UID.to_string(), "--setgid", &APP_UID.to_string()])
-            // Only the app gets the marker (not unshare, which lives outside the root).
-            .args(["/bin/busybox", "env", &format!("PODSFTP_CONTAINER={container}"), "/bin/sleep", "1000"])
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("unshare");
-        let pid = wait_for_process(unshare.id(), |status| status.contains(&format!("Uid:\t{APP_UID}")));
-        App { unshare, pid }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        // --kill-child's parent-death signal does not survive --setuid: kill the app itself.
-        let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
-        let _ = self.unshare.kill();
-        let _ = self.unshare.wait();
-    }
+fn start_app(root: &Path, container: &str) -> App {
+    let unshare = Command::new("unshare")
+        .args(["--mount", "--pid", "--fork", "--kill-child"])
+        .arg(format!("--root={}", root.display()))
+        .args(["--setuid", &APP_UID.to_string(), "--setgid", &APP_UID.to_string()])
+        // Only the app gets the marker (not unshare, which lives outside the root).
+        .args(["/bin/busybox", "env", &format!("PODSFTP_CONTAINER={container}"), "/bin/sleep", "1000"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare");
+    App::started(unshare, |status| status.contains(&format!("Uid:\t{APP_UID}")))
 }
 
 #[test]
 fn pid_target_runs_as_the_target_uid() {
     let root = busybox_root("first-root");
-    let app = App::start(root.path(), "app");
+    let app = start_app(root.path(), "app");
     let server = Server::start(&["--pid", &app.pid.to_string()]);
     server.wait_ready(200);
     let local = tempfile::tempdir().unwrap();
@@ -78,10 +61,10 @@ fn pid_target_runs_as_the_target_uid() {
 fn container_target_is_found_again_after_a_restart() {
     let first = busybox_root("first-root");
     let second = busybox_root("second-root");
-    let app = App::start(first.path(), "web");
+    let app = start_app(first.path(), "web");
     // Another process with a different container name must not be picked.
     let decoy_root = busybox_root("decoy-root");
-    let _decoy = App::start(decoy_root.path(), "other");
+    let _decoy = start_app(decoy_root.path(), "other");
     let server = Server::start(&["--container", "web"]);
     server.wait_ready(200);
     let out = server.sftp_batch("ls /data\n");
@@ -109,7 +92,7 @@ fn container_target_is_found_again_after_a_restart() {
     assert!(open_session.try_receive().is_none(), "the session ends after the refusal");
     let body = server.wait_ready(503);
     assert!(body.contains("web"), "readyz says why: {body}");
-    let _app = App::start(second.path(), "web");
+    let _app = start_app(second.path(), "web");
     server.wait_ready(200);
     let out = server.sftp_batch("ls /data\n");
     assert_ok(&out, "restarted container");
@@ -153,7 +136,7 @@ fn readyz(port: u16) -> (u16, String) {
 #[test]
 fn unprivileged_front_end_mirrors_or_explains() {
     let root = busybox_root("mirror-root");
-    let app = App::start(root.path(), "app");
+    let app = start_app(root.path(), "app");
     let (_dir, bin_copy) = unprivileged_copy();
     let logs = tempfile::tempdir().unwrap();
 

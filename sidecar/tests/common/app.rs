@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub const APP_UID: u32 = 4242;
@@ -49,5 +50,29 @@ pub fn wait_for_process(pid: u32, wanted: impl Fn(&str) -> bool) -> u32 {
         }
         assert!(Instant::now() < deadline, "neither {pid} nor a descendant became the wanted process");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process that looks like a container, started through `unshare`; killed, and `unshare`
+/// reaped, when dropped.
+pub struct App {
+    unshare: Child,
+    pub pid: u32,
+}
+
+impl App {
+    /// Waits for the process under `unshare` whose `/proc/<pid>/status` satisfies `is_app`.
+    pub fn started(unshare: Child, is_app: impl Fn(&str) -> bool) -> App {
+        let pid = wait_for_process(unshare.id(), is_app);
+        App { unshare, pid }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // --kill-child's parent-death signal does not survive --setuid: kill the app itself.
+        let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
     }
 }
