@@ -6,6 +6,7 @@
 //! the target process's uid/gid/groups/capabilities; otherwise it runs as the front end.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,6 +15,7 @@ use std::sync::Mutex;
 use tokio::process::{Child, Command};
 
 use crate::target::{self, Identity, Target};
+use crate::worker::REPORT_FD;
 
 /// The target as resolved for one session or probe.
 #[derive(Debug, Clone)]
@@ -187,8 +189,9 @@ impl Access {
         }
     }
 
-    /// Starts the worker for one SFTP session; its stdin/stdout carry the SFTP stream.
-    pub fn spawn_sftp(&self, resolved: &Resolved, user: &str, client: &str) -> std::io::Result<Child> {
+    /// Starts the worker for one SFTP session; its stdin/stdout carry the SFTP stream, and the
+    /// returned pipe its counts (`sftp::tally`).
+    pub fn spawn_sftp(&self, resolved: &Resolved, user: &str, client: &str) -> std::io::Result<(Child, OwnedFd)> {
         let mut cmd = self.worker_command("sftp", resolved.become_identity.as_ref());
         self.root_args(&mut cmd, resolved);
         if self.read_only {
@@ -202,7 +205,23 @@ impl Access {
             cmd.arg("--target-pid").arg(pid.to_string());
         }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        cmd.spawn()
+        // Close-on-exec, so no other worker started meanwhile inherits either end; the child's
+        // copy on REPORT_FD is made between fork and exec.
+        let (reports, report_writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let writer = report_writer.as_raw_fd();
+        cmd.arg("--report");
+        // SAFETY: the closure runs in the forked child before exec and calls only dup2 and fcntl,
+        // which are async-signal-safe; `writer` stays open in the parent until after spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself would keep close-on-exec, so that case clears the flag instead.
+                let moved = if writer == REPORT_FD { libc::fcntl(writer, libc::F_SETFD, 0) } else { libc::dup2(writer, REPORT_FD) };
+                if moved == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            })
+        };
+        let child = cmd.spawn()?;
+        drop(report_writer);
+        Ok((child, reports))
     }
 
     pub fn describe(&self) -> String {

@@ -8,7 +8,7 @@
 //! (finding and describing the process to serve), `privilege` (dropping to the target's
 //! identity), `credentials` (the watched credentials directory), `authorized_keys` (its key lines and
 //! their options), `health` (probes), `listener` (accepting connections), `visible`
-//! (client bytes in log lines).
+//! (client bytes in log lines), `metrics` (what `/metrics` shows).
 
 pub mod access;
 pub mod admission;
@@ -17,6 +17,7 @@ pub mod confined;
 pub mod credentials;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod privilege;
 pub mod sftp;
 pub mod ssh;

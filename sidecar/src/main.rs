@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use podsftp_sidecar::{access::Access, credentials, health, privilege, ssh, target::Target, worker};
+use podsftp_sidecar::{access::Access, credentials, health, metrics::Metrics, privilege, ssh, target::Target, worker};
 
 #[derive(Debug, Parser)]
 #[command(name = "podsftp-sidecar", version, about = "SFTP server for the files of another container")]
@@ -42,7 +42,7 @@ enum Command {
 struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:2222")]
     listen: SocketAddr,
-    /// HTTP /healthz and /readyz.
+    /// HTTP /healthz, /readyz and /metrics.
     #[arg(long)]
     health_listen: Option<SocketAddr>,
     /// Directory with the Secret's keys; without it a password and host key are generated.
@@ -163,10 +163,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(listen = %args.listen, target = %access.describe(), read_only = args.read_only, descriptor_limit, version = env!("CARGO_PKG_VERSION"), "serving SFTP");
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
+    metrics.clone().count_reloads(credentials.clone());
     if let Some(addr) = args.health_listen {
         let health = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-        let ready = health::readiness(credentials.clone(), access.clone());
-        tokio::spawn(health::serve(health, ready, stopping_rx));
+        let ready = health::readiness(credentials.clone(), access.clone(), metrics.clone());
+        tokio::spawn(health::serve(health, ready, stopping_rx, metrics.clone()));
     }
     let shutdown = async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -181,7 +183,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let limits =
         ssh::Limits { login_deadline: Duration::from_secs(args.login_grace_seconds), grace: Duration::from_secs(args.grace_seconds) };
-    ssh::serve(listener, credentials, access, shutdown, limits).await;
+    ssh::serve(listener, credentials, access, shutdown, limits, metrics).await;
     Ok(())
 }
 

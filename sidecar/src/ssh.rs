@@ -35,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use crate::access::Access;
 use crate::admission::{Admission, Penalty, Refusal, Startup};
 use crate::credentials::{Credentials, State};
+use crate::metrics::{Metrics, end_reason};
 
 /// Channels (and their workers, until they have exited) per connection, like OpenSSH's
 /// `MaxSessions` default.
@@ -55,11 +56,28 @@ const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// that reads its replies gets here.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
+/// One connection's totals for its audit line; bytes also go to the process's metrics.
 pub struct Stats {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     user: std::sync::Mutex<Option<String>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Stats {
+    fn new(metrics: Arc<Metrics>) -> Stats {
+        Stats { bytes_in: AtomicU64::new(0), bytes_out: AtomicU64::new(0), user: std::sync::Mutex::new(None), metrics }
+    }
+
+    fn received(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.metrics.received(bytes);
+    }
+
+    fn sent(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.metrics.sent(bytes);
+    }
 }
 
 /// Front-end settings that are not part of the russh configuration.
@@ -148,7 +166,7 @@ impl Connection {
     /// rejection without a check when password checks are over the global rate, and an error
     /// (ending the connection) when the source is penalized, so its connections still open
     /// cannot go on guessing.
-    fn may_try(&self, user: &str, method: &str) -> Result<Option<Auth>, russh::Error> {
+    fn may_try(&self, user: &str, method: &'static str) -> Result<Option<Auth>, russh::Error> {
         let checked = if method == "password" {
             self.admission.may_check_password(self.peer.ip(), Instant::now())
         } else {
@@ -158,6 +176,7 @@ impl Connection {
             Ok(()) => Ok(None),
             Err(refusal) => {
                 tracing::info!(user, client = %self.peer, method, %refusal, "login attempt refused");
+                self.stats.metrics.auth_attempt(method, "refused");
                 match refusal {
                     Refusal::Penalized { .. } => Err(russh::Error::Disconnect),
                     _ => Ok(Some(Auth::reject())),
@@ -166,7 +185,7 @@ impl Connection {
         }
     }
 
-    fn accepted(&mut self, user: &str, method: &str) -> Auth {
+    fn accepted(&mut self, user: &str, method: &'static str) -> Auth {
         // The startup slot is given up only for a session slot: a refused connection stays a
         // startup (still under the login deadline), and cannot get in on a later attempt.
         if self.session.is_none() {
@@ -178,19 +197,23 @@ impl Connection {
                 }
                 Err(refusal) => {
                     tracing::warn!(user, client = %self.peer, method, %refusal, "login refused");
+                    self.stats.metrics.auth_attempt(method, "refused");
                     return Auth::reject();
                 }
             }
         }
         tracing::info!(user, client = %self.peer, method, "authenticated");
+        self.stats.metrics.auth_attempt(method, "accepted");
+        self.stats.metrics.session_started();
         self.user = Some(user.to_string());
         *self.stats.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(user.to_string());
         let _ = self.authenticated.send(true);
         Auth::Accept
     }
 
-    fn refuse(&self, user: &str, method: &str) -> Auth {
+    fn refuse(&self, user: &str, method: &'static str) -> Auth {
         tracing::info!(user, client = %self.peer, method, "authentication failed");
+        self.stats.metrics.auth_attempt(method, "rejected");
         self.admission.penalize(self.peer.ip(), Penalty::AuthFail, Instant::now());
         Auth::reject()
     }
@@ -203,8 +226,12 @@ impl Connection {
         let user = self.user.clone().ok_or("not authenticated")?;
         let (channel, slot) = self.opened.remove(&channel_id).ok_or("unknown channel")?;
         let resolved = self.access.resolve().await?;
-        let mut child =
+        let (mut child, reports) =
             self.access.spawn_sftp(&resolved, &user, &self.peer.to_string()).map_err(|e| format!("cannot start the SFTP worker: {e}"))?;
+        let reports =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(reports).map_err(|e| format!("the SFTP worker's report pipe: {e}"))?;
+        let metrics = self.stats.metrics.clone();
+        tokio::spawn(async move { metrics.add_reports(reports).await });
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("worker has no pipes".into());
         };
@@ -260,7 +287,7 @@ async fn copy_output(mut stdout: ChildStdout, mut writer: impl tokio::io::AsyncW
         if written.is_err() {
             return;
         }
-        stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        stats.sent(n);
     }
 }
 
@@ -345,6 +372,7 @@ impl russh::server::Handler for Connection {
             Ok(()) => session.channel_success(channel),
             Err(reason) => {
                 tracing::warn!(client = %self.peer, %reason, "cannot serve SFTP");
+                self.stats.metrics.worker_spawn_failed();
                 session.channel_failure(channel)
             }
         }
@@ -353,7 +381,7 @@ impl russh::server::Handler for Connection {
     async fn data(&mut self, channel: ChannelId, data: &[u8], _: &mut Session) -> Result<(), Self::Error> {
         let Some(running) = self.running.get(&channel) else { return Ok(()) };
         let Some(input) = &running.input else { return Ok(()) };
-        self.stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats.received(data.len());
         // Waiting here is the backpressure (russh grants window as data arrives), but it also
         // stops russh from reading the socket: notice a client that is gone meanwhile, or the
         // connection (and every worker on it) would wait forever.
@@ -481,6 +509,7 @@ pub async fn serve(
     access: Arc<Access>,
     shutdown: impl std::future::Future<Output = ()>,
     limits: Limits,
+    metrics: Arc<Metrics>,
 ) {
     let admission = Admission::new(Instant::now());
     let mut configs: Option<(Arc<Credentials>, Arc<russh::server::Config>)> = None;
@@ -524,7 +553,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(metrics.clone()));
         let (authenticated, logged_in) = watch::channel(false);
         let handler = Connection {
             credentials: credentials.clone(),
@@ -566,6 +595,10 @@ pub async fn serve(
             };
             if let Some(penalty) = penalty_for(*logged_in.borrow(), overdue, error.as_deref()) {
                 admission.penalize(peer.ip(), penalty, Instant::now());
+            }
+            // Logged in is exactly when `accepted` counted the session as started.
+            if *logged_in.borrow() {
+                stats.metrics.session_ended(end_reason(&result));
             }
             let user = stats.user.lock().unwrap_or_else(|e| e.into_inner()).take();
             tracing::info!(

@@ -27,6 +27,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::codec::{self, Packet, Request, Response, StatusCode};
 use super::requests::{self, Kind, Lane};
+use super::tally;
 
 /// Bytes of requests plus expected responses in flight per session.
 const IN_FLIGHT_BYTES: usize = 2 * 1024 * 1024;
@@ -288,15 +289,16 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
             if self.ops.target_exited() {
                 // Answer so the client shows why, then end the session: new sessions find the
                 // new process.
-                self.reply(&status(id, StatusCode::Failure, TARGET_EXITED), 0);
+                self.reply_to(request.kind(), &status(id, StatusCode::Failure, TARGET_EXITED), 0);
                 return Err(SessionError::TargetExited);
             }
             if let Some(response) = self.ops.refusal(id, &request) {
-                self.reply(&response, 0);
+                self.reply_to(request.kind(), &response, 0);
                 continue;
             }
             if request.lane() == Lane::Reply {
-                self.reply(&self.ops.answer(id, request), 0);
+                let kind = request.kind();
+                self.reply_to(kind, &self.ops.answer(id, request), 0);
                 continue;
             }
             let cost = (body.len() + request.expected_reply_len()).min(IN_FLIGHT_BYTES);
@@ -360,7 +362,7 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
             }
         };
         drop(state);
-        self.reply(&status(job.id, refusal.0, refusal.1), job.cost);
+        self.reply_to(job.request.kind(), &status(job.id, refusal.0, refusal.1), job.cost);
         None
     }
 
@@ -372,31 +374,33 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
         while let Some(work) = next.take().or_else(|| later.pop()) {
             match work {
                 Work::Paths(job) => {
+                    let kind = job.request.kind();
                     let response = match self.ops.run_paths(job.id, job.request) {
                         Outcome::Reply(response) => response,
                         Outcome::Opened(object) => self.register(job.id, object),
                     };
-                    self.reply(&response, job.cost);
+                    self.reply_to(kind, &response, job.cost);
                     let mut state = lock(&self.state);
                     next = state.paths_queue.pop_front().map(Work::Paths);
                     state.paths_busy = next.is_some();
                 }
                 Work::Handle { handle, mut object, job } => {
-                    let closing = job.request.kind() == Kind::Close;
+                    let kind = job.request.kind();
                     let response = self.ops.run_handles(&mut object, None, job.id, job.request);
-                    if closing {
+                    if kind == Kind::Close {
                         // Close before answering, as a client may act on it right away.
                         lock(&self.state).handles.remove(&handle);
                         self.ops.close(object);
-                        self.reply(&response, job.cost);
+                        self.reply_to(kind, &response, job.cost);
                         continue;
                     }
-                    self.reply(&response, job.cost);
+                    self.reply_to(kind, &response, job.cost);
                     next = advance(&mut lock(&self.state), handle, object);
                 }
                 Work::Joint { handles: [first, second], objects: [mut a, mut b], job } => {
+                    let kind = job.request.kind();
                     let response = self.ops.run_handles(&mut a, Some(&mut b), job.id, job.request);
-                    self.reply(&response, job.cost);
+                    self.reply_to(kind, &response, job.cost);
                     let mut state = lock(&self.state);
                     next = advance(&mut state, first, a);
                     later.extend(advance(&mut state, second, b));
@@ -416,6 +420,12 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
         state.next_handle += 1;
         state.handles.insert(handle.clone(), HandleEntry { object: Some(object), queue: VecDeque::new(), closing: false });
         Response::Handle { id, handle }
+    }
+
+    /// Counts the response to a request of `kind` (`tally`), then writes it.
+    fn reply_to(&self, kind: Kind, response: &Response, cost: usize) {
+        tally::count(kind, response);
+        self.reply(response, cost);
     }
 
     /// Writes one response and gives its bytes back to the budget.

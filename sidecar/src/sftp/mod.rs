@@ -2,7 +2,8 @@
 //! `requests` is the table of what each request is (and how errors answer), `engine` runs a
 //! session (framing, lanes, budget, threads), `server` executes requests against a
 //! [`crate::confined::Root`], `listing` renders `ls -l`-style long names and `accounts` maps
-//! ids to the served filesystem's names.
+//! ids to the served filesystem's names; `tally` counts replies for the
+//! front end's metrics.
 
 pub mod accounts;
 pub mod codec;
@@ -10,3 +11,4 @@ pub mod engine;
 pub mod listing;
 pub mod requests;
 pub mod server;
+pub mod tally;
