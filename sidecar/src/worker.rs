@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -17,9 +17,30 @@ use rustix::fs::OFlags;
 use crate::confined::Root;
 use crate::privilege;
 use crate::sftp::accounts::Accounts;
+use crate::sftp::engine::SessionError;
 use crate::sftp::server::{self, Options};
-use crate::sftp::tally;
 use crate::target::{self, EnvCheck, Identity, Liveness};
+
+/// Why a worker stopped: its message is the session's log line, or the probe's or search's answer
+/// on stderr (the front end reports it). Each message carries its cause's text, so the cause is
+/// not also a `source()` (a reporter that walks the chain would print it twice).
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error("cannot take identity {identity}: {error}")]
+    Identity { identity: Identity, error: io::Error },
+    #[error(transparent)]
+    NoNewPrivileges(io::Error),
+    #[error("cannot open {}: {error}", path.display())]
+    Open { path: PathBuf, error: io::Error },
+    #[error("cannot open --root {} inside {}: {error}", String::from_utf8_lossy(root.as_bytes()), path.display())]
+    OpenRoot { root: OsString, path: PathBuf, error: io::Error },
+    #[error("process {0} is gone")]
+    TargetGone(u32),
+    #[error("cannot read environ of {}", unreadable.iter().map(|(pid, e)| format!("pid {pid}: {e}")).collect::<Vec<_>>().join(", "))]
+    Environ { unreadable: Vec<(u32, io::Error)> },
+    #[error(transparent)]
+    Session(SessionError),
+}
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -66,10 +87,6 @@ enum Mode {
         /// The served process: the session ends when it exits (the container restarted).
         #[arg(long)]
         target_pid: Option<u32>,
-        /// Write this session's counts (`sftp::tally`) to descriptor `REPORT_FD`, a pipe the
-        /// front end reads.
-        #[arg(long)]
-        report: bool,
     },
     /// Exit 0 if the served root can be opened, else print why.
     Probe {
@@ -89,27 +106,27 @@ enum Mode {
     },
 }
 
-fn take_identity(who: &Become) -> Result<(), String> {
+fn take_identity(who: &Become) -> Result<(), WorkerError> {
     match &who.become_identity {
-        Some(id) => privilege::become_identity(id).map_err(|e| format!("cannot take identity {id}: {e}")),
-        None => privilege::forbid_new_privileges().map_err(|e| e.to_string()),
+        Some(id) => privilege::become_identity(id).map_err(|error| WorkerError::Identity { identity: id.clone(), error }),
+        None => privilege::forbid_new_privileges().map_err(WorkerError::NoNewPrivileges),
     }
 }
 
-fn open_root(args: &RootArgs) -> Result<Root, String> {
+fn open_root(args: &RootArgs) -> Result<Root, WorkerError> {
     narrow(open_top(args)?, args)
 }
 
 /// The filesystem named by `--path`, before `--root` narrows it.
-fn open_top(args: &RootArgs) -> Result<Root, String> {
-    Root::open(&args.path).map_err(|e| format!("cannot open {}: {e}", args.path.display()))
+fn open_top(args: &RootArgs) -> Result<Root, WorkerError> {
+    Root::open(&args.path).map_err(|error| WorkerError::Open { path: args.path.clone(), error })
 }
 
-fn narrow(top: Root, args: &RootArgs) -> Result<Root, String> {
+fn narrow(top: Root, args: &RootArgs) -> Result<Root, WorkerError> {
     match &args.root {
-        Some(sub) => top
-            .subdir(sub.as_bytes())
-            .map_err(|e| format!("cannot open --root {} inside {}: {e}", String::from_utf8_lossy(sub.as_bytes()), args.path.display())),
+        Some(sub) => {
+            top.subdir(sub.as_bytes()).map_err(|error| WorkerError::OpenRoot { root: sub.clone(), path: args.path.clone(), error })
+        }
         None => Ok(top),
     }
 }
@@ -133,10 +150,10 @@ fn read_accounts(top: &Root) -> Accounts {
 
 /// The served process's liveness; `Ok(None)` when the kernel refuses a pidfd (e.g. a seccomp
 /// profile without pidfd_open): the session is served, just without noticing a restart.
-fn watch_target(pid: u32) -> Result<Option<Liveness>, String> {
+fn watch_target(pid: u32) -> Result<Option<Liveness>, WorkerError> {
     match Liveness::watch(pid) {
         Ok(liveness) => Ok(Some(liveness)),
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(format!("process {pid} is gone")),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(WorkerError::TargetGone(pid)),
         Err(e) => {
             tracing::warn!(pid, error = %e, "cannot watch the served process; this session will not notice a restart");
             Ok(None)
@@ -148,14 +165,14 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     match args.mode {
         Mode::Probe { who, root } => answer(take_identity(&who).and_then(|()| open_root(&root)).map(drop)),
         Mode::Find { who, container, pids } => answer(take_identity(&who).and_then(|()| find(&container, &pids))),
-        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, target_pid, report } => {
+        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, target_pid } => {
             let session = take_identity(&who).and_then(|()| {
                 // Watched before the root is opened, so a process that exits in between is noticed.
                 let target = target_pid.map(watch_target).transpose()?.flatten();
                 let top = open_top(&root)?;
                 let top = if serve_pseudo_filesystems { top.serving_pseudo_filesystems() } else { top };
                 let accounts = read_accounts(&top);
-                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target }, report)
+                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target })
             });
             // A session's stderr is the sidecar's log: one structured line says why it ended.
             if let Err(reason) = &session {
@@ -167,19 +184,19 @@ pub fn run(args: WorkerArgs) -> ExitCode {
 }
 
 /// Probes and searches answer the front end on stderr: it reads the reason from there.
-fn answer(result: Result<(), String>) -> ExitCode {
+fn answer(result: Result<(), WorkerError>) -> ExitCode {
     if let Err(reason) = &result {
         eprintln!("{reason}");
     }
     exit_code(&result)
 }
 
-fn exit_code(result: &Result<(), String>) -> ExitCode {
+fn exit_code(result: &Result<(), WorkerError>) -> ExitCode {
     if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-fn find(container: &str, pids: &[u32]) -> Result<(), String> {
-    let mut denied = Vec::new();
+fn find(container: &str, pids: &[u32]) -> Result<(), WorkerError> {
+    let mut unreadable = Vec::new();
     for &pid in pids {
         match target::check_environ(pid, container) {
             Ok(EnvCheck::Match) => {
@@ -188,18 +205,15 @@ fn find(container: &str, pids: &[u32]) -> Result<(), String> {
             }
             Ok(EnvCheck::NoMatch | EnvCheck::Sidecar) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => denied.push(format!("pid {pid}: {e}")),
+            Err(e) => unreadable.push((pid, e)),
         }
     }
-    if denied.is_empty() { Ok(()) } else { Err(format!("cannot read environ of {}", denied.join(", "))) }
+    if unreadable.is_empty() { Ok(()) } else { Err(WorkerError::Environ { unreadable }) }
 }
 
 const PIPE_SIZE: usize = 1024 * 1024;
 
-/// The descriptor the front end puts the report pipe on (`access::Access::spawn_sftp`).
-pub const REPORT_FD: i32 = 3;
-
-fn sftp(root: Root, options: Options, report: bool) -> Result<(), String> {
+fn sftp(root: Root, options: Options) -> Result<(), WorkerError> {
     // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
     let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
     for fd in [&stdin, &stdout] {
@@ -207,12 +221,5 @@ fn sftp(root: Root, options: Options, report: bool) -> Result<(), String> {
         // unprivileged limit by default).
         let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
     }
-    let session = || server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(|e| e.to_string());
-    if !report {
-        return session();
-    }
-    // SAFETY: the front end put the report pipe on this descriptor (it passes `--report` only
-    // then) and nothing else in this process owns it.
-    let reports = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
-    tally::reporting(File::from(reports), session)
+    server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(WorkerError::Session)
 }
