@@ -19,6 +19,7 @@ use crate::privilege;
 use crate::sftp::accounts::Accounts;
 use crate::sftp::engine::SessionError;
 use crate::sftp::server::{self, Options};
+use crate::sftp::tally;
 use crate::target::{self, EnvCheck, Identity, Liveness};
 
 /// Why a worker stopped: its message is the session's log line, or the probe's or search's answer
@@ -87,6 +88,10 @@ enum Mode {
         /// The served process: the session ends when it exits (the container restarted).
         #[arg(long)]
         target_pid: Option<u32>,
+        /// Write this session's counts (`sftp::tally`) to descriptor `REPORT_FD`, a pipe the
+        /// front end reads.
+        #[arg(long)]
+        report: bool,
     },
     /// Exit 0 if the served root can be opened, else print why.
     Probe {
@@ -165,14 +170,14 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     match args.mode {
         Mode::Probe { who, root } => answer(take_identity(&who).and_then(|()| open_root(&root)).map(drop)),
         Mode::Find { who, container, pids } => answer(take_identity(&who).and_then(|()| find(&container, &pids))),
-        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, target_pid } => {
+        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, target_pid, report } => {
             let session = take_identity(&who).and_then(|()| {
                 // Watched before the root is opened, so a process that exits in between is noticed.
                 let target = target_pid.map(watch_target).transpose()?.flatten();
                 let top = open_top(&root)?;
                 let top = if serve_pseudo_filesystems { top.serving_pseudo_filesystems() } else { top };
                 let accounts = read_accounts(&top);
-                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target })
+                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target }, report)
             });
             // A session's stderr is the sidecar's log: one structured line says why it ended.
             if let Err(reason) = &session {
@@ -213,7 +218,10 @@ fn find(container: &str, pids: &[u32]) -> Result<(), WorkerError> {
 
 const PIPE_SIZE: usize = 1024 * 1024;
 
-fn sftp(root: Root, options: Options) -> Result<(), WorkerError> {
+/// The descriptor the front end puts the report pipe on (`access::Access::spawn_sftp`).
+pub const REPORT_FD: i32 = 3;
+
+fn sftp(root: Root, options: Options, report: bool) -> Result<(), WorkerError> {
     // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
     let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
     for fd in [&stdin, &stdout] {
@@ -221,5 +229,12 @@ fn sftp(root: Root, options: Options) -> Result<(), WorkerError> {
         // unprivileged limit by default).
         let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
     }
-    server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(WorkerError::Session)
+    let session = || server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(WorkerError::Session);
+    if !report {
+        return session();
+    }
+    // SAFETY: the front end put the report pipe on this descriptor (it passes `--report` only
+    // then) and nothing else in this process owns it.
+    let reports = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+    tally::reporting(File::from(reports), session)
 }
