@@ -54,6 +54,19 @@ pub mod sidecar {
     pub const HEALTH_PORT_NAME: &str = "podsftp-health";
 }
 
+/// The annotations that annotation-based Prometheus scrapers read (the `prometheus.io/*`
+/// convention of Prometheus' Kubernetes example configuration): the webhook puts them on injected
+/// pods for the sidecar's `/metrics`, unless the pod has `prometheus.io/` annotations of its own.
+pub mod scrape {
+    /// Every annotation of the convention starts with it; a pod with any of them keeps its own.
+    pub const PREFIX: &str = "prometheus.io/";
+    pub const SCRAPE: &str = "prometheus.io/scrape";
+    pub const PORT: &str = "prometheus.io/port";
+    pub const PATH: &str = "prometheus.io/path";
+    /// Where the sidecar (on [`super::sidecar::HEALTH_PORT`]) and the webhook serve their metrics.
+    pub const METRICS_PATH: &str = "/metrics";
+}
+
 /// What the webhook asks the sidecar to serve; [`ServeArgs::to_args`] is its command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeArgs<'a> {

@@ -128,6 +128,23 @@ fn deployment_pod_with_several_containers_and_volumes() {
     let annotations = pod.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations.get("podsftp.io/status").map(String::as_str), Some("injected"));
     assert_eq!(annotations.get("podsftp.io/owner").map(String::as_str), Some("Deployment/web"));
+    for (key, value) in [("prometheus.io/scrape", "true"), ("prometheus.io/port", "2223"), ("prometheus.io/path", "/metrics")] {
+        assert_eq!(annotations.get(key).map(String::as_str), Some(value), "{key}");
+    }
+}
+
+/// Scrape annotations announce one endpoint per pod: an app that announces its own keeps them,
+/// and the sidecar is not announced (a PodMonitor still finds it by its port name).
+#[test]
+fn an_apps_own_scrape_annotations_are_kept() {
+    let mut manifest = deployment_pod();
+    manifest["metadata"]["annotations"]["prometheus.io/port"] = json!("8080");
+    let pod = inject(manifest, &enabled_namespace(), &owner("Deployment", "web"), &Settings::example());
+    let annotations = pod.metadata.annotations.unwrap();
+    assert_eq!(annotations.get("prometheus.io/port").map(String::as_str), Some("8080"));
+    assert_eq!(annotations.get("prometheus.io/scrape"), None);
+    assert_eq!(annotations.get("prometheus.io/path"), None);
+    assert_eq!(annotations.get("podsftp.io/status").map(String::as_str), Some("injected"));
 }
 
 #[test]
@@ -373,7 +390,7 @@ fn app_port_named_sftp_does_not_collide_with_the_sidecar_ports() {
     assert_eq!(probe_port, &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("podsftp-health".into()));
 }
 
-/// The patch adds two annotations; a pod whose annotations are already near the apiserver's
+/// The patch adds up to five annotations; a pod whose annotations are already near the apiserver's
 /// 256 KiB limit would be denied after it, so it is left alone.
 #[test]
 fn pods_with_annotations_near_the_limit_are_left_alone() {

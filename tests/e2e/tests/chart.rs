@@ -5,6 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use podsftp_contract::{keys, scrape, sidecar};
 use podsftp_e2e::helm::{
     Release, TestNamespace, chart_dir, eventually, exists, helm, kubectl, kubectl_apply, kubectl_json, release_binary, repo_root,
     require_cluster, try_run,
@@ -66,8 +67,7 @@ fn values_schema_rejects_typos_and_bad_values() {
 #[test]
 fn webhook_configuration_selects_per_product_contract() {
     let manifests = template("sel", "tools", &["webhook.excludeNamespaces={legacy}"]).unwrap_or_else(|e| panic!("{e}"));
-    let config =
-        manifests.split("\n---").find(|doc| doc.contains("kind: MutatingWebhookConfiguration")).expect("a MutatingWebhookConfiguration");
+    let config = document(&manifests, "kind: MutatingWebhookConfiguration").expect("a MutatingWebhookConfiguration");
     for expected in [
         "name: namespace.podsftp.io",
         "name: pod.podsftp.io",
@@ -88,26 +88,92 @@ fn webhook_configuration_selects_per_product_contract() {
     assert!(!config.contains("caBundle"), "auto mode must not render a caBundle (the webhook patches it):\n{config}");
 }
 
-/// A minimal cert-manager CRD (schema-less), so the apiserver can validate the chart's
-/// cert-manager objects without cert-manager.
-fn cert_manager_stub_crd(kind: &str) -> String {
+/// The document of `manifests` holding `marker` (e.g. `kind: Deployment`).
+fn document<'a>(manifests: &'a str, marker: &str) -> Option<&'a str> {
+    manifests.split("\n---").find(|doc| doc.contains(marker))
+}
+
+/// prometheus-operator objects only when enabled (without the CRDs they would fail the install);
+/// the webhook's pods announced to annotation-based scrapers unless turned off or set by the user.
+#[test]
+fn prometheus_monitors_render_only_when_enabled_and_the_webhook_pods_are_announced() {
+    let defaults = template("mon", "tools", &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!defaults.contains("monitoring.coreos.com"), "monitors rendered by default:\n{defaults}");
+    let deployment = document(&defaults, "kind: Deployment").expect("a Deployment");
+    for annotation in [
+        format!("{}: \"true\"", scrape::SCRAPE),
+        format!("{}: \"9090\"", scrape::PORT),
+        format!("{}: {}", scrape::PATH, scrape::METRICS_PATH),
+    ] {
+        assert!(deployment.contains(&annotation), "no {annotation} on the webhook's pods:\n{deployment}");
+    }
+    let off = template("mon", "tools", &["metrics.podAnnotations=false"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!off.contains(scrape::PREFIX), "scrape annotations although turned off:\n{off}");
+    let own = template("mon", "tools", &["webhook.podAnnotations.prometheus\\.io/path=/own"]).unwrap_or_else(|e| panic!("{e}"));
+    let deployment = document(&own, "kind: Deployment").expect("a Deployment");
+    assert!(deployment.contains("prometheus.io/path: /own") && !deployment.contains("path: /metrics"), "{deployment}");
+
+    let enabled = template(
+        "mon",
+        "tools",
+        &["metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true", "metrics.podMonitor.labels.release=kps"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let service_monitor = document(&enabled, "kind: ServiceMonitor").expect("a ServiceMonitor");
+    for expected in ["name: mon-podsftp", "matchNames: [tools]", "app.kubernetes.io/component: webhook", "port: metrics", "path: /metrics"]
+    {
+        assert!(service_monitor.contains(expected), "no {expected:?} in\n{service_monitor}");
+    }
+    let pod_monitor = document(&enabled, "kind: PodMonitor").expect("a PodMonitor");
+    for expected in [
+        format!("key: {}", keys::OWNER_LABEL),
+        "operator: Exists".to_string(),
+        "any: true".to_string(),
+        format!("port: {}", sidecar::HEALTH_PORT_NAME),
+        format!("path: {}", scrape::METRICS_PATH),
+        "release: kps".to_string(),
+    ] {
+        assert!(pod_monitor.contains(&expected), "no {expected:?} in\n{pod_monitor}");
+    }
+    let err = template("mon", "tools", &["metrics.podMonitor.enable=true"]).expect_err("a misspelt key was accepted");
+    assert!(err.contains("enable"), "{err}");
+}
+
+/// A minimal CRD (schema-less) of `group`, version v1, so the apiserver can validate the chart's
+/// cert-manager and prometheus-operator objects without those operators.
+fn stub_crd(group: &str, kind: &str) -> String {
     let singular = kind.to_lowercase();
     format!(
-        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {singular}s.cert-manager.io\n\
-         \x20 labels: {{podsftp.io/test-stub: \"true\"}}\nspec:\n  group: cert-manager.io\n  scope: Namespaced\n\
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: {singular}s.{group}\n\
+         \x20 labels: {{podsftp.io/test-stub: \"true\"}}\nspec:\n  group: {group}\n  scope: Namespaced\n\
          \x20 names: {{kind: {kind}, plural: {singular}s, singular: {singular}, listKind: {kind}List}}\n  versions:\n\
          \x20   - name: v1\n      served: true\n      storage: true\n\
          \x20     schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
     )
 }
 
-/// Removes the stub CRDs unless cert-manager itself is installed (then they were not created).
-struct StubCrds(bool);
+/// Stub CRDs of `group` for `kinds`, unless the group's operator is installed (the first kind's
+/// CRD exists); removed again when dropped.
+struct StubCrds(Vec<String>);
+
+impl StubCrds {
+    fn install(group: &str, kinds: &[&str]) -> StubCrds {
+        if exists("crd", &format!("{}s.{group}", kinds[0].to_lowercase()), None) {
+            return StubCrds(Vec::new());
+        }
+        kubectl_apply(&kinds.iter().map(|kind| stub_crd(group, kind)).collect::<Vec<_>>().join("---\n"));
+        let names: Vec<String> = kinds.iter().map(|kind| format!("crd/{}s.{group}", kind.to_lowercase())).collect();
+        let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        wait.extend(names.iter().map(String::as_str));
+        kubectl(&wait);
+        StubCrds(names)
+    }
+}
 
 impl Drop for StubCrds {
     fn drop(&mut self) {
-        if self.0 {
-            let _ = try_run("kubectl", &["delete", "crd", "-l", "podsftp.io/test-stub=true", "--wait=false"], None);
+        for name in &self.0 {
+            let _ = try_run("kubectl", &["delete", name, "--wait=false"], None);
         }
     }
 }
@@ -124,11 +190,10 @@ fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() 
             .unwrap_or_else(|e| panic!("{e}"));
     let ca_bundle = ca_bundle.trim();
 
-    let stubs = StubCrds(!exists("crd", "certificates.cert-manager.io", None));
-    if stubs.0 {
-        kubectl_apply(&["Certificate", "Issuer"].map(cert_manager_stub_crd).join("---\n"));
-        kubectl(&["wait", "--for=condition=Established", "crd", "-l", "podsftp.io/test-stub=true", "--timeout=60s"]);
-    }
+    let stubs = [
+        StubCrds::install("cert-manager.io", &["Certificate", "Issuer"]),
+        StubCrds::install("monitoring.coreos.com", &["ServiceMonitor", "PodMonitor"]),
+    ];
 
     let secret_name = "certificates.secret.name=dry-tls".to_string();
     let secret_bundle = format!("certificates.secret.caBundle={ca_bundle}");
@@ -160,6 +225,10 @@ fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() 
                 "sidecar.mode=classic",
                 "sidecar.serviceType=NodePort",
                 "log.format=text",
+                "metrics.serviceMonitor.enabled=true",
+                "metrics.serviceMonitor.interval=30s",
+                "metrics.serviceMonitor.labels.release=prometheus",
+                "metrics.podMonitor.enabled=true",
             ],
         ),
     ];
@@ -172,6 +241,11 @@ fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() 
         }
         if what.starts_with("cert-manager") {
             assert!(applied.contains("certificate.cert-manager.io/dry-podsftp"), "{what}: {applied}");
+        }
+        if *what == "everything set" {
+            for monitor in ["servicemonitor.monitoring.coreos.com/dry-podsftp", "podmonitor.monitoring.coreos.com/dry-podsftp-sidecars"] {
+                assert!(applied.contains(monitor), "{what}: no {monitor} in {applied}");
+            }
         }
     }
     drop(stubs);

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use podsftp_contract::ServeArgs;
+use podsftp_contract::scrape;
 use podsftp_contract::sidecar::{HEALTH_PORT_NAME, SFTP_PORT_NAME, SIDECAR_ENV};
 use serde_json::{Value, json};
 
@@ -133,7 +134,12 @@ pub fn mutate(pod: &Pod, namespace_labels: &BTreeMap<String, String>, owner: &Ow
     let owner_label = names::owner_label(owner);
     ops.extend(set_map_entries("/metadata/labels", pod.metadata.labels.is_some(), &[(keys::OWNER_LABEL, &owner_label)]));
     let owner_annotation = owner.to_annotation();
-    let ours = [(keys::STATUS, keys::STATUS_INJECTED), (keys::OWNER_REF_ANNOTATION, owner_annotation.as_str())];
+    let health_port = keys::SIDECAR_HEALTH_PORT.to_string();
+    let mut ours = vec![(keys::STATUS, keys::STATUS_INJECTED), (keys::OWNER_REF_ANNOTATION, owner_annotation.as_str())];
+    // A pod's scrape annotations announce one endpoint; the app's own, if it has any, win.
+    if !annotations.keys().any(|key| key.starts_with(scrape::PREFIX)) {
+        ours.extend([(scrape::SCRAPE, "true"), (scrape::PORT, health_port.as_str()), (scrape::PATH, scrape::METRICS_PATH)]);
+    }
     let existing: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
     let annotation_bytes = existing + ours.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     if annotation_bytes > validation::ANNOTATIONS_MAX_BYTES {
