@@ -1,5 +1,6 @@
 //! `/metrics` on the health listener after real OpenSSH clients: a failed login, a session with
-//! an upload and a download, and the SFTP operations its worker reported.
+//! an upload and a download, and the SFTP operations its worker reported; the chart's dashboard
+//! queries only what is exposed.
 
 mod common;
 
@@ -26,8 +27,9 @@ fn scrape_until(server: &Server, what: &str, done: impl Fn(&str) -> bool) -> Str
     }
 }
 
-#[test]
-fn a_session_its_bytes_and_a_failed_login_show_in_metrics() {
+/// A failed password login, then a session with a 700,000-byte upload, a 1,000,000-byte
+/// download, a listing and a failed `rm`; the exposition once the session's counts are in.
+fn scrape_after_a_session_and_a_failed_login() -> String {
     let served = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
     random_file(&served.path().join("down.bin"), 1_000_000);
@@ -44,10 +46,15 @@ fn a_session_its_bytes_and_a_failed_login_show_in_metrics() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("up.bin"), "the batch did not run: {stdout}");
 
-    let metrics = scrape_until(&server, "the ended session and its operations", |m| {
+    scrape_until(&server, "the ended session and its operations", |m| {
         sample(m, r#"podsftp_sidecar_sessions_ended_total{reason="closed"}"#) == Some(1.0)
             && sample(m, r#"podsftp_sidecar_sftp_operations_total{operation="remove",status="no_such_file"}"#) == Some(1.0)
-    });
+    })
+}
+
+#[test]
+fn a_session_its_bytes_and_a_failed_login_show_in_metrics() {
+    let metrics = scrape_after_a_session_and_a_failed_login();
     let value = |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
     assert_eq!(value(r#"podsftp_sidecar_auth_attempts_total{method="password",result="rejected"}"#), 1.0);
     assert_eq!(value(r#"podsftp_sidecar_auth_attempts_total{method="password",result="accepted"}"#), 1.0);
@@ -68,6 +75,15 @@ fn a_session_its_bytes_and_a_failed_login_show_in_metrics() {
     assert_eq!(value("podsftp_sidecar_ready"), 1.0);
     assert!(!metrics.contains("intruder"), "a failed attempt's user name is in /metrics:\n{metrics}");
     assert!(!metrics.contains(USER), "the user name is in /metrics:\n{metrics}");
+}
+
+/// Every `podsftp_sidecar_` metric the chart's Grafana dashboard queries is one the sidecar
+/// exposes (the webhook's are checked by its own tests).
+#[test]
+fn the_dashboard_queries_only_metrics_the_sidecar_exposes() {
+    let metrics = scrape_after_a_session_and_a_failed_login();
+    let problems = podsftp_test_support::dashboard::problems(&metrics, |name| name.starts_with("podsftp_sidecar_"));
+    assert!(problems.is_empty(), "{}\n/metrics:\n{metrics}", problems.join("\n"));
 }
 
 #[test]

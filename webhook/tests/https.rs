@@ -48,6 +48,7 @@ struct Server {
     /// Sending (or dropping) it starts the graceful shutdown.
     stop: tokio::sync::oneshot::Sender<()>,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
+    metrics: Arc<Metrics>,
 }
 
 fn sans() -> Vec<String> {
@@ -64,14 +65,15 @@ async fn start() -> Server {
     let files = CertFiles { cert: dir.path().join("tls.crt"), key: dir.path().join("tls.key") };
     files.load_and_watch(certs.clone(), Duration::from_millis(100)).await.unwrap();
     let admitter = Admitter { settings: Arc::new(Settings::example()), cluster: Arc::new(FixedCluster) };
-    let router = admission_router(admitter, Arc::new(Metrics::default()));
+    let metrics = Arc::new(Metrics::default());
+    let router = admission_router(admitter, metrics.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(serve_tls(listener, certs, router, async move {
         let _ = stopped.await;
     }));
-    Server { addr, ca, dir, stop, served }
+    Server { addr, ca, dir, stop, served, metrics }
 }
 
 /// A TLS connection that trusts only `ca`, offering the ALPN protocols `alpn`.
@@ -367,6 +369,24 @@ async fn readyz_is_503_once_shutting_down() {
     readiness.begin_shutdown();
     let answer = readyz().await;
     assert!(answer.starts_with("HTTP/1.0 503") && answer.contains("shutting down"), "{answer}");
+}
+
+/// Every webhook metric the chart's Grafana dashboard queries is on the real `/metrics`, after
+/// one admission (per-outcome series exist from their first answer); the sidecar's names are
+/// checked by the sidecar's tests.
+#[tokio::test]
+async fn the_dashboard_queries_only_metrics_the_webhook_exposes() {
+    let server = start().await;
+    assert_eq!(post(server.addr, &server.ca, review("shop", pod_kind(), web_pod())).await.status, 200);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let readiness = Readiness::new(Arc::new(CertStore::default()));
+    tokio::spawn(axum::serve(listener, health_router(readiness, server.metrics.clone())).into_future());
+    let scraped = tokio::task::spawn_blocking(move || podsftp_test_support::http_get(addr, "/metrics")).await.unwrap();
+    let (code, metrics) = scraped.expect("/metrics answers");
+    assert_eq!(code, 200, "{metrics}");
+    let problems = podsftp_test_support::dashboard::problems(&metrics, |name| !name.starts_with("podsftp_sidecar_"));
+    assert!(problems.is_empty(), "{}\n/metrics:\n{metrics}", problems.join("\n"));
 }
 
 /// Issue 11, item 11: a review of another version or kind (here `admission.k8s.io/v1beta1`) was

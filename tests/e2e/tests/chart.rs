@@ -94,9 +94,10 @@ fn document<'a>(manifests: &'a str, marker: &str) -> Option<&'a str> {
 }
 
 /// prometheus-operator objects only when enabled (without the CRDs they would fail the install);
-/// the webhook's pods announced to annotation-based scrapers unless turned off or set by the user.
+/// the webhook's pods announced to annotation-based scrapers unless turned off or set by the user;
+/// the dashboard's ConfigMap holds the dashboard file unchanged.
 #[test]
-fn prometheus_monitors_render_only_when_enabled_and_the_webhook_pods_are_announced() {
+fn prometheus_monitors_and_the_dashboard_render_only_when_enabled_and_the_webhook_pods_are_announced() {
     let defaults = template("mon", "tools", &[]).unwrap_or_else(|e| panic!("{e}"));
     assert!(!defaults.contains("monitoring.coreos.com"), "monitors rendered by default:\n{defaults}");
     let deployment = document(&defaults, "kind: Deployment").expect("a Deployment");
@@ -135,6 +136,13 @@ fn prometheus_monitors_render_only_when_enabled_and_the_webhook_pods_are_announc
     ] {
         assert!(pod_monitor.contains(&expected), "no {expected:?} in\n{pod_monitor}");
     }
+    let dashboard = template("mon", "tools", &["metrics.dashboard.enabled=true"]).unwrap_or_else(|e| panic!("{e}"));
+    let config_map = document(&dashboard, "kind: ConfigMap").expect("the dashboard's ConfigMap");
+    assert!(config_map.contains("name: mon-podsftp-dashboard") && config_map.contains("grafana_dashboard: \"1\""), "{config_map}");
+    let (_, block) = config_map.split_once("podsftp.json: |-\n").expect("the dashboard's key");
+    let embedded: Vec<&str> = block.lines().map(|line| line.strip_prefix("    ").unwrap_or(line)).collect();
+    let file = std::fs::read_to_string(chart_dir().join("dashboards/podsftp.json")).expect("the dashboard file");
+    assert_eq!(embedded.join("\n").trim_end(), file.trim_end(), "the ConfigMap does not hold the dashboard file as it is");
     let err = template("mon", "tools", &["metrics.podMonitor.enable=true"]).expect_err("a misspelt key was accepted");
     assert!(err.contains("enable"), "{err}");
 }
@@ -229,6 +237,7 @@ fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() 
                 "metrics.serviceMonitor.interval=30s",
                 "metrics.serviceMonitor.labels.release=prometheus",
                 "metrics.podMonitor.enabled=true",
+                "metrics.dashboard.enabled=true",
             ],
         ),
     ];
@@ -243,7 +252,11 @@ fn rendered_manifests_are_accepted_by_the_apiserver_in_every_certificate_mode() 
             assert!(applied.contains("certificate.cert-manager.io/dry-podsftp"), "{what}: {applied}");
         }
         if *what == "everything set" {
-            for monitor in ["servicemonitor.monitoring.coreos.com/dry-podsftp", "podmonitor.monitoring.coreos.com/dry-podsftp-sidecars"] {
+            for monitor in [
+                "servicemonitor.monitoring.coreos.com/dry-podsftp",
+                "podmonitor.monitoring.coreos.com/dry-podsftp-sidecars",
+                "configmap/dry-podsftp-dashboard",
+            ] {
                 assert!(applied.contains(monitor), "{what}: no {monitor} in {applied}");
             }
         }

@@ -1,5 +1,7 @@
-//! What every test crate of the workspace needs the same way: a free loopback port and a plain
-//! HTTP GET for the health and metrics endpoints. Std only, so it adds nothing to a build.
+//! What every test crate of the workspace needs the same way: a free loopback port, a plain
+//! HTTP GET for the health and metrics endpoints, and the chart's dashboard (`dashboard`).
+
+pub mod dashboard;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
