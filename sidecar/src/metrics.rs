@@ -25,7 +25,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::credentials::State;
-use crate::sftp::tally::Counts;
+use crate::sftp::requests::Kind;
+use crate::sftp::tally::{Counts, STATUSES};
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -101,6 +102,12 @@ impl Default for Metrics {
         }
         for result in ["ok", "error"] {
             let _ = credential_reloads.get_or_create(&vec![("result", result)]);
+        }
+        // Likewise the successes of every request we implement: a series born at its first count
+        // would hide that count from rate() (a real Prometheus showed it). Other statuses appear
+        // when they first occur, so a pod's series stay few.
+        for kind in Kind::ALL.into_iter().filter(|kind| !matches!(kind, Kind::Unknown | Kind::UnknownExtended)) {
+            let _ = operations.get_or_create(&vec![("operation", kind.row().name), ("status", STATUSES[0])]);
         }
         Metrics {
             registry,
