@@ -1,10 +1,12 @@
 //! The SSH front end (russh): host key and login from the credentials, only the `sftp`
 //! subsystem, each SFTP channel piped to its own worker process.
 //!
-//! Flow control: client data arrives in `Handler::data` (inside russh's session loop) and goes
-//! into a bounded queue drained by a task that writes the worker's stdin, so the loop only
-//! waits when the worker is far behind; the worker's stdout is copied to the channel by
-//! another task through russh's window-aware writer. Neither direction can hold the other up.
+//! Flow control: client data arrives in `Handler::data` (inside russh's session loop), which
+//! writes it straight into the worker's stdin pipe (1 MiB), so the loop only waits when the
+//! worker is far behind; the worker's stdout is copied to the channel by another task through
+//! russh's window-aware writer. Neither direction can hold the other up. Writing from the loop
+//! itself, rather than through a queue and a task, saves a copy, an allocation and a task
+//! wake-up per SSH packet (see "Benchmarks (SFTP)" in the README).
 //!
 //! Lifetimes: a connection must log in within the login deadline (banner, key exchange and
 //! authentication together) and may read only `PREAUTH_BYTES` before it does; `admission`
@@ -22,15 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, ChildStdout};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::access::Access;
 use crate::admission::{Admission, Penalty, Refusal, Startup};
@@ -40,8 +41,6 @@ use crate::metrics::{Metrics, end_reason};
 /// Channels (and their workers, until they have exited) per connection, like OpenSSH's
 /// `MaxSessions` default.
 const MAX_CHANNELS_PER_CONNECTION: usize = 10;
-/// Chunks of client data queued per channel before russh's loop waits for the worker.
-const INPUT_QUEUE: usize = 16;
 /// How long a worker may take to exit after its channel is gone (its pipes are closed first,
 /// so a worker blocked on them exits at once).
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -137,8 +136,8 @@ struct Connection {
 
 /// A channel with its worker: dropping it (channel closed, connection ended) stops the worker.
 struct Running {
-    /// Client data for the worker's stdin; `None` after the client's EOF.
-    input: Option<mpsc::Sender<Bytes>>,
+    /// The worker's stdin; `None` after the client's EOF or once the worker stopped reading.
+    input: Option<ChildStdin>,
     output: Arc<OutputProgress>,
     _stop: oneshot::Sender<()>,
 }
@@ -235,18 +234,10 @@ impl Connection {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("worker has no pipes".into());
         };
-        let (input, mut rx) = mpsc::channel::<Bytes>(INPUT_QUEUE);
         let (stop, stopped) = oneshot::channel();
         let output = Arc::new(OutputProgress::default());
-        self.running.insert(channel_id, Running { input: Some(input), output: output.clone(), _stop: stop });
-        let feed = tokio::spawn(async move {
-            let mut stdin = stdin;
-            while let Some(chunk) = rx.recv().await {
-                if stdin.write_all(&chunk).await.is_err() {
-                    break;
-                }
-            }
-        });
+        // The worker's stdin is closed when this entry goes (channel closed, connection ended).
+        self.running.insert(channel_id, Running { input: Some(stdin), output: output.clone(), _stop: stop });
         // Only the writer is used: client data comes through `Handler::data`, so the channel's
         // own receive queue must not exist (nobody would drain it).
         let writer = channel.make_writer();
@@ -258,8 +249,8 @@ impl Connection {
                 () = copy_output(stdout, writer, &stats, &output) => false,
                 _ = stopped => true,
             };
-            // Dropping the pipes first means a worker blocked on them sees EPIPE/EOF and exits.
-            feed.abort();
+            // The worker's stdin is gone with its `Running` when the channel is; its stdout now: a
+            // worker blocked on either sees EOF/EPIPE and exits.
             let code = reap(child).await;
             // The slot is free only now that the worker is gone.
             drop(slot);
@@ -379,16 +370,24 @@ impl russh::server::Handler for Connection {
     }
 
     async fn data(&mut self, channel: ChannelId, data: &[u8], _: &mut Session) -> Result<(), Self::Error> {
-        let Some(running) = self.running.get(&channel) else { return Ok(()) };
-        let Some(input) = &running.input else { return Ok(()) };
+        let Some(Running { input: Some(input), output, .. }) = self.running.get_mut(&channel) else { return Ok(()) };
         self.stats.received(data.len());
         // Waiting here is the backpressure (russh grants window as data arrives), but it also
         // stops russh from reading the socket: notice a client that is gone meanwhile, or the
-        // connection (and every worker on it) would wait forever.
-        tokio::select! {
-            _ = input.send(Bytes::copy_from_slice(data)) => Ok(()),
-            gone = until_gone(&self.socket, &running.output) => Err(gone),
+        // connection (and every worker on it) would wait forever. Biased: the pipe usually
+        // takes the data at once, and then the hang-up check (a syscall) is not needed.
+        let written = tokio::select! {
+            biased;
+            written = input.write_all(data) => written,
+            gone = until_gone(&self.socket, output) => return Err(gone),
+        };
+        if written.is_err() {
+            // The worker is gone; its output task ends the channel. Later data is dropped.
+            if let Some(running) = self.running.get_mut(&channel) {
+                running.input = None;
+            }
         }
+        Ok(())
     }
 
     async fn channel_eof(&mut self, channel: ChannelId, _: &mut Session) -> Result<(), Self::Error> {
