@@ -5,7 +5,7 @@
 //! Threads (leader/followers): whoever holds the input lock reads the next request and claims
 //! it before letting go; the next thread waiting on the lock takes over reading while this one
 //! runs the request and writes the reply itself, so a request never waits for a thread to wake
-//! up (the next reader wakes off the critical path). Quick requests (single metadata syscalls)
+//! up (the next reader wakes off the critical path). Quick requests (metadata, WRITE)
 //! are run by the reader itself without any hand-off. A slow disk holds up only its own
 //! handle: a thread is added (up to `MAX_THREADS`) whenever nobody is left waiting to read.
 //!
@@ -530,6 +530,7 @@ fn read_packet(input: &mut impl Read) -> Result<Option<Bytes>, SessionError> {
 mod tests {
     //! The engine over a socket pair, with operations that block on a gate where a test needs
     //! a request to stay in flight.
+    use std::collections::HashSet;
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
@@ -543,6 +544,8 @@ mod tests {
         open: Mutex<bool>,
         opened: Condvar,
         closed: AtomicUsize,
+        /// The threads that ran handle requests.
+        threads: Mutex<HashSet<thread::ThreadId>>,
     }
 
     impl Fake {
@@ -570,6 +573,7 @@ mod tests {
             }
         }
         fn run_handles(&self, object: &mut Vec<u8>, _: Option<&mut Vec<u8>>, id: u32, request: Request) -> Response {
+            lock(&self.threads).insert(thread::current().id());
             if matches!(request, Request::Read { .. }) && object == b"slow" {
                 let mut open = lock(&self.open);
                 while !*open {
@@ -669,6 +673,19 @@ mod tests {
             fake.open_gate();
             assert_eq!([client.id(), client.id()], [10, 11]);
         });
+    }
+
+    #[test]
+    fn writes_run_on_the_reader_without_waking_another_thread() {
+        let fake = Fake::default();
+        session(&fake, |client| {
+            let file = client.open(1, b"file");
+            for id in 10..110 {
+                client.send(fxp::WRITE, id, &[&string(&file), &0u64.to_be_bytes(), &string(&[0; 4096])]);
+                assert_eq!(client.id(), id);
+            }
+        });
+        assert_eq!(lock(&fake.threads).len(), 1, "WRITEs were handed to other threads");
     }
 
     #[test]
