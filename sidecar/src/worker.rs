@@ -88,10 +88,10 @@ enum Mode {
         /// The served process: the session ends when it exits (the container restarted).
         #[arg(long)]
         target_pid: Option<u32>,
-        /// Write this session's counts (`sftp::tally`) to descriptor `REPORT_FD`, a pipe the
+        /// Write this session's counts (`sftp::tally`) to this inherited descriptor, a pipe the
         /// front end reads.
-        #[arg(long)]
-        report: bool,
+        #[arg(long, value_parser = clap::value_parser!(i32).range(3..))]
+        report_fd: Option<i32>,
     },
     /// Exit 0 if the served root can be opened, else print why.
     Probe {
@@ -166,18 +166,44 @@ fn watch_target(pid: u32) -> Result<Option<Liveness>, WorkerError> {
     }
 }
 
+/// Closes every descriptor above stderr but `keep`, as OpenSSH's `closefrom` does for its
+/// children: the front end hands each session's report pipe down without close-on-exec, so a
+/// worker started at the same moment for another session or a probe may inherit that pipe too
+/// (it would hold the pipe open, and could write to it).
+fn close_inherited(keep: Option<u32>) {
+    let close = |first: u32, last: u32| {
+        // SAFETY: first thing in the worker, before it opens anything: no descriptor above stderr
+        // belongs to anything in this process but `keep`, which no range includes.
+        unsafe { libc::close_range(first, last, 0) };
+    };
+    match keep {
+        Some(fd) => {
+            if fd > 3 {
+                close(3, fd - 1);
+            }
+            close(fd.saturating_add(1), u32::MAX);
+        }
+        None => close(3, u32::MAX),
+    }
+}
+
 pub fn run(args: WorkerArgs) -> ExitCode {
+    let report_fd = match &args.mode {
+        Mode::Sftp { report_fd, .. } => report_fd.and_then(|fd| u32::try_from(fd).ok()),
+        Mode::Probe { .. } | Mode::Find { .. } => None,
+    };
+    close_inherited(report_fd);
     match args.mode {
         Mode::Probe { who, root } => answer(take_identity(&who).and_then(|()| open_root(&root)).map(drop)),
         Mode::Find { who, container, pids } => answer(take_identity(&who).and_then(|()| find(&container, &pids))),
-        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, target_pid, report } => {
+        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, target_pid, report_fd } => {
             let session = take_identity(&who).and_then(|()| {
                 // Watched before the root is opened, so a process that exits in between is noticed.
                 let target = target_pid.map(watch_target).transpose()?.flatten();
                 let top = open_top(&root)?;
                 let top = if serve_pseudo_filesystems { top.serving_pseudo_filesystems() } else { top };
                 let accounts = read_accounts(&top);
-                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target }, report)
+                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target }, report_fd)
             });
             // A session's stderr is the sidecar's log: one structured line says why it ended.
             if let Err(reason) = &session {
@@ -218,10 +244,7 @@ fn find(container: &str, pids: &[u32]) -> Result<(), WorkerError> {
 
 const PIPE_SIZE: usize = 1024 * 1024;
 
-/// The descriptor the front end puts the report pipe on (`access::Access::spawn_sftp`).
-pub const REPORT_FD: i32 = 3;
-
-fn sftp(root: Root, options: Options, report: bool) -> Result<(), WorkerError> {
+fn sftp(root: Root, options: Options, report_fd: Option<i32>) -> Result<(), WorkerError> {
     // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
     let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
     for fd in [&stdin, &stdout] {
@@ -230,11 +253,9 @@ fn sftp(root: Root, options: Options, report: bool) -> Result<(), WorkerError> {
         let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
     }
     let session = || server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(WorkerError::Session);
-    if !report {
-        return session();
-    }
-    // SAFETY: the front end put the report pipe on this descriptor (it passes `--report` only
-    // then) and nothing else in this process owns it.
-    let reports = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+    let Some(report_fd) = report_fd else { return session() };
+    // SAFETY: the front end handed the report pipe down on this descriptor (`--report-fd`), kept
+    // open by `close_inherited`, and nothing else in this process owns it.
+    let reports = unsafe { OwnedFd::from_raw_fd(report_fd) };
     tally::reporting(File::from(reports), session)
 }

@@ -237,3 +237,38 @@ fn a_real_prometheus_scrapes_the_sidecar_and_the_dashboard_queries_return_data()
     }
     assert!(empty.is_empty(), "dashboard queries without data:\n{}\nlog:\n{}", empty.join("\n"), prometheus.log());
 }
+
+/// Whether `fd` reads end-of-file (or data) within `wait`.
+fn readable_within(fd: &std::os::fd::OwnedFd, wait: Duration) -> bool {
+    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+    let timeout = rustix::event::Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: i64::from(wait.subsec_nanos()) };
+    rustix::event::poll(&mut fds, Some(&timeout)).unwrap() > 0
+}
+
+/// The front end hands each session's report pipe down without close-on-exec, so a worker
+/// started at the same moment for another session inherits it too. A worker closes every
+/// descriptor it did not ask for: another session's pipe must not stay open in it (that pipe's
+/// reader would wait for the end of an unrelated session), its own must.
+#[test]
+fn a_worker_keeps_its_report_pipe_and_closes_descriptors_it_did_not_ask_for() {
+    use std::os::fd::AsRawFd;
+    let served = tempfile::tempdir().unwrap();
+    // Without close-on-exec: both are inherited by the worker.
+    let (stray, stray_writer) = rustix::pipe::pipe().unwrap();
+    let (reports, report_writer) = rustix::pipe::pipe().unwrap();
+    let mut worker = Command::new(bin())
+        .args(["worker", "sftp", "--path", served.path().to_str().unwrap(), "--user", "u", "--client", "c"])
+        .arg(format!("--report-fd={}", report_writer.as_raw_fd()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop((stray_writer, report_writer));
+    // The worker holds the only write ends left.
+    assert!(readable_within(&stray, Duration::from_secs(10)), "the worker kept a descriptor it did not ask for");
+    assert!(!readable_within(&reports, Duration::from_millis(500)), "the worker closed its report pipe");
+    assert_eq!(worker.try_wait().unwrap(), None, "the worker ended early");
+    drop(worker.stdin.take());
+    assert!(worker.wait().unwrap().success());
+    assert!(readable_within(&reports, Duration::from_secs(1)), "the report pipe outlived the worker");
+}
