@@ -24,6 +24,8 @@ use super::requests::Kind;
 
 /// How often a running session's counts reach the front end (Prometheus scrapes every 15-60 s).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// The reporter only sleeps, copies the table and writes a line.
+const REPORTER_STACK: usize = 64 * 1024;
 
 /// The status label of each column; replies that are not a STATUS (a handle, data, names,
 /// attributes) are successes and count as `ok`. Lower-case `SSH_FX_*` names.
@@ -120,10 +122,10 @@ impl Counts {
 
 /// Runs `session` while a reporter thread writes this process's counts to `reports` whenever
 /// they changed, every [`REPORT_INTERVAL`], and once more after the session ended.
-pub fn reporting<T: Send>(mut reports: File, session: impl FnOnce() -> T + Send) -> T {
+pub fn reporting<T>(mut reports: File, session: impl FnOnce() -> T) -> T {
     let (done, stop) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        let reporter = scope.spawn(move || {
+        let reporter = std::thread::Builder::new().name("report".into()).stack_size(REPORTER_STACK).spawn_scoped(scope, move || {
             let mut sent = Counts::default();
             loop {
                 let last = !matches!(stop.recv_timeout(REPORT_INTERVAL), Err(mpsc::RecvTimeoutError::Timeout));
@@ -138,9 +140,15 @@ pub fn reporting<T: Send>(mut reports: File, session: impl FnOnce() -> T + Send)
                 }
             }
         });
+        if let Err(e) = &reporter {
+            // The session matters more than its counts.
+            tracing::warn!(error = %e, "cannot start the thread reporting this session's operations");
+        }
         let result = session();
         drop(done);
-        let _ = reporter.join();
+        if let Ok(reporter) = reporter {
+            let _ = reporter.join();
+        }
         result
     })
 }
