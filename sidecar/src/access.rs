@@ -6,6 +6,7 @@
 //! the target process's uid/gid/groups/capabilities; otherwise it runs as the front end.
 
 use std::ffi::OsString;
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -15,6 +16,49 @@ use std::sync::Mutex;
 use tokio::process::{Child, Command};
 
 use crate::target::{self, Identity, Target};
+
+/// Why the target cannot be served right now: the readiness endpoint and the session log show
+/// the message. Each message carries its cause's text, so the cause is not also a `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("process {0} is gone")]
+    Gone(u32),
+    #[error("cannot read /proc/{pid}/status: {error}")]
+    Status { pid: u32, error: io::Error },
+    #[error(
+        "process {pid} ({target}) holds capabilities this sidecar lacks ({me}): a worker could not match its permitted set, so the kernel would refuse /proc/{pid}/root (EACCES)"
+    )]
+    CapabilitiesExceedOurs { pid: u32, target: Identity, me: Identity },
+    #[error(
+        "process {pid} runs as {target}, this sidecar as {me}: the kernel refuses /proc/{pid}/root (EACCES) unless uid and gid are equal and our permitted capabilities cover the target's; run the sidecar as that uid/gid, or as root so it can switch"
+    )]
+    Unreachable { pid: u32, target: Identity, me: Identity },
+    #[error("cannot start worker {}: {error}", exe.display())]
+    StartWorker { exe: PathBuf, error: io::Error },
+    #[error("no process has {}={container} (looked at {looked_at} processes){}", target::CONTAINER_ENV, unchecked_text(unchecked))]
+    NoContainer { container: String, looked_at: usize, unchecked: Vec<Unchecked> },
+    #[error("worker running as {identity}: {answer}")]
+    Probe { identity: Identity, answer: String },
+}
+
+/// Processes of one identity the container search could not look into, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum Unchecked {
+    #[error("{processes} process(es) as {identity}: capabilities exceed ours")]
+    CapabilitiesExceedOurs { processes: usize, identity: Identity },
+    #[error("{processes} process(es) as {identity}: other uid/gid/capabilities than ours ({me})")]
+    OtherIdentity { processes: usize, identity: Identity, me: Identity },
+    #[error("{processes} process(es) as {identity}: {answer}")]
+    Worker { processes: usize, identity: Identity, answer: String },
+}
+
+fn unchecked_text(unchecked: &[Unchecked]) -> String {
+    if unchecked.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = unchecked.iter().map(Unchecked::to_string).collect();
+    format!("; could not check {}", each.join("; "))
+}
 
 /// The target as resolved for one session or probe.
 #[derive(Debug, Clone)]
@@ -59,26 +103,20 @@ impl Access {
         self.me.uid == 0
     }
 
-    fn for_pid(&self, pid: u32) -> Result<Resolved, String> {
+    fn for_pid(&self, pid: u32) -> Result<Resolved, AccessError> {
         let identity = match target::identity_of(pid) {
             Ok(id) => id,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(format!("process {pid} is gone")),
-            Err(e) => return Err(format!("cannot read /proc/{pid}/status: {e}")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(AccessError::Gone(pid)),
+            Err(error) => return Err(AccessError::Status { pid, error }),
         };
         let become_identity = if self.switching() {
             if identity.caps & !self.me.caps != 0 {
-                return Err(format!(
-                    "process {pid} ({identity}) holds capabilities this sidecar lacks ({}): a worker could not match its permitted set, so the kernel would refuse /proc/{pid}/root (EACCES)",
-                    self.me
-                ));
+                return Err(AccessError::CapabilitiesExceedOurs { pid, target: identity, me: self.me.clone() });
             }
             Some(identity)
         } else {
             if !self.me.can_reach(&identity) {
-                return Err(format!(
-                    "process {pid} runs as {identity}, this sidecar as {}: the kernel refuses /proc/{pid}/root (EACCES) unless uid and gid are equal and our permitted capabilities cover the target's; run the sidecar as that uid/gid, or as root so it can switch",
-                    self.me
-                ));
+                return Err(AccessError::Unreachable { pid, target: identity, me: self.me.clone() });
             }
             None
         };
@@ -87,7 +125,7 @@ impl Access {
 
     /// Where sessions go right now; in container mode the process is searched again when the
     /// last one is gone (the container restarted).
-    pub async fn resolve(&self) -> Result<Resolved, String> {
+    pub async fn resolve(&self) -> Result<Resolved, AccessError> {
         match &self.target {
             Target::Dir(dir) => Ok(Resolved { path: dir.clone(), become_identity: None, pid: None }),
             Target::Pid(pid) => self.for_pid(*pid),
@@ -109,47 +147,44 @@ impl Access {
         }
     }
 
-    async fn find_container(&self, name: &str) -> Result<u32, String> {
+    async fn find_container(&self, name: &str) -> Result<u32, AccessError> {
         let groups = target::candidates();
-        let total: usize = groups.values().map(Vec::len).sum();
-        let mut unreadable = Vec::new();
+        let looked_at: usize = groups.values().map(Vec::len).sum();
+        let mut unchecked = Vec::new();
         for (identity, pids) in groups {
             let pid_list: Vec<String> = pids.iter().map(u32::to_string).collect();
+            let processes = pids.len();
             let become_identity = if self.switching() {
                 if identity.caps & !self.me.caps != 0 {
-                    unreadable.push(format!("{} process(es) as {identity}: capabilities exceed ours", pids.len()));
+                    unchecked.push(Unchecked::CapabilitiesExceedOurs { processes, identity });
                     continue;
                 }
                 Some(&identity)
             } else if self.me.can_reach(&identity) {
                 None
             } else {
-                unreadable.push(format!("{} process(es) as {identity}: other uid/gid/capabilities than ours ({})", pids.len(), self.me));
+                unchecked.push(Unchecked::OtherIdentity { processes, identity, me: self.me.clone() });
                 continue;
             };
             let mut cmd = self.worker_command("find", become_identity);
             cmd.arg("--container").arg(name).arg("--pids").arg(pid_list.join(","));
-            let output = cmd
-                .stdin(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
-                .await
-                .map_err(|e| format!("cannot start worker {}: {e}", self.exe.display()))?;
+            let output = self.run_worker(cmd).await?;
             let stdout = String::from_utf8_lossy(&output.stdout);
             if let Some(pid) = stdout.lines().find_map(|l| l.strip_prefix("match ")).and_then(|p| p.trim().parse().ok()) {
                 return Ok(pid);
             }
-            let stderr = String::from_utf8_lossy(&output.stderr);
             if !output.status.success() {
-                unreadable.push(format!("{} process(es) as {identity}: {}", pids.len(), stderr.trim()));
+                let answer = String::from_utf8_lossy(&output.stderr).trim().to_string();
+                unchecked.push(Unchecked::Worker { processes, identity, answer });
             }
         }
-        let mut reason = format!("no process has {}={name} (looked at {total} processes)", target::CONTAINER_ENV);
-        if !unreadable.is_empty() {
-            reason.push_str("; could not check ");
-            reason.push_str(&unreadable.join("; "));
-        }
-        Err(reason)
+        Err(AccessError::NoContainer { container: name.to_string(), looked_at, unchecked })
+    }
+
+    /// Runs a probe or search worker to its end (no stdin; its answer on stdout and stderr).
+    async fn run_worker(&self, mut cmd: Command) -> Result<std::process::Output, AccessError> {
+        let output = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).output().await;
+        output.map_err(|error| AccessError::StartWorker { exe: self.exe.clone(), error })
     }
 
     fn worker_command(&self, mode: &str, become_identity: Option<&Identity>) -> Command {
@@ -170,21 +205,16 @@ impl Access {
     }
 
     /// Checks that a worker can open the served root; the error says why not.
-    pub async fn probe(&self) -> Result<(), String> {
+    pub async fn probe(&self) -> Result<(), AccessError> {
         let resolved = self.resolve().await?;
         let mut cmd = self.worker_command("probe", resolved.become_identity.as_ref());
         self.root_args(&mut cmd, &resolved);
-        let output = cmd
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(|e| format!("cannot start worker {}: {e}", self.exe.display()))?;
+        let output = self.run_worker(cmd).await?;
         if output.status.success() {
             Ok(())
         } else {
-            let as_whom = resolved.become_identity.as_ref().map_or_else(|| self.me.to_string(), Identity::to_string);
-            Err(format!("worker running as {as_whom}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+            let identity = resolved.become_identity.unwrap_or_else(|| self.me.clone());
+            Err(AccessError::Probe { identity, answer: String::from_utf8_lossy(&output.stderr).trim().to_string() })
         }
     }
 

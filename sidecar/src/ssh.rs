@@ -224,7 +224,7 @@ impl Connection {
     async fn start_sftp(&mut self, channel_id: ChannelId, session: &mut Session) -> Result<(), String> {
         let user = self.user.clone().ok_or("not authenticated")?;
         let (channel, slot) = self.opened.remove(&channel_id).ok_or("unknown channel")?;
-        let resolved = self.access.resolve().await?;
+        let resolved = self.access.resolve().await.map_err(|e| e.to_string())?;
         let (mut child, reports) =
             self.access.spawn_sftp(&resolved, &user, &self.peer.to_string()).map_err(|e| format!("cannot start the SFTP worker: {e}"))?;
         let reports =
