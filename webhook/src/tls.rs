@@ -3,7 +3,7 @@
 //! new handshakes get the new certificate without a restart. TLS 1.2 and 1.3 only.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -39,7 +39,9 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Tl
     Ok(CertifiedKey::from_der(chain, key, &provider())?)
 }
 
-/// The certificate currently served; empty until the first one is loaded.
+/// The certificate currently served; empty until the first one is loaded. A poisoned lock is
+/// used as is (as every lock in the workspace): the release build aborts on panic, so poisoning
+/// happens only in tests, and every write here replaces the whole value.
 #[derive(Debug, Default)]
 pub struct CertStore {
     current: RwLock<Option<Arc<CertifiedKey>>>,
@@ -47,12 +49,12 @@ pub struct CertStore {
 
 impl CertStore {
     pub fn set(&self, key: CertifiedKey) {
-        let mut current = self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         *current = Some(Arc::new(key));
     }
 
     pub fn is_loaded(&self) -> bool {
-        self.current.read().map(|c| c.is_some()).unwrap_or(false)
+        self.current.read().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     /// A rustls server configuration (TLS 1.2+, h2 and http/1.1) serving from this store.
@@ -68,7 +70,7 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok()?.clone()
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -109,5 +111,30 @@ impl CertFiles {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki;
+
+    /// A thread that panicked while holding the lock (tests unwind; the release build aborts)
+    /// leaves the certificate served and reported as loaded, not a silent "no certificate".
+    #[test]
+    fn a_poisoned_store_keeps_serving_its_certificate() {
+        let ca = pki::new_ca("test CA", pki::CA_VALIDITY).expect("CA");
+        let serving = pki::issue_serving(&ca, &["127.0.0.1".to_string()], pki::SERVING_VALIDITY).expect("serving pair");
+        let store = Arc::new(CertStore::default());
+        store.set(certified_key(serving.cert_pem.as_bytes(), serving.key_pem.as_bytes()).expect("key"));
+        let poisoner = store.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = poisoner.current.write();
+            panic!("poisoning the lock on purpose");
+        })
+        .join();
+        assert!(panicked.is_err() && store.current.is_poisoned());
+        assert!(store.is_loaded());
+        assert!(store.current.read().unwrap_or_else(PoisonError::into_inner).is_some());
     }
 }
