@@ -11,10 +11,10 @@ use crate::login::Login;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot write the temporary key files: {0}")]
-    TempFiles(std::io::Error),
-    #[error("cannot run sftp (is OpenSSH's sftp client installed and on PATH?): {0}")]
-    Spawn(std::io::Error),
+    #[error("cannot write the temporary key files")]
+    TempFiles(#[source] std::io::Error),
+    #[error("cannot run sftp (is OpenSSH's sftp client installed and on PATH?)")]
+    Spawn(#[source] std::io::Error),
 }
 
 /// The known_hosts line pinning `host_key` for `host:port` (OpenSSH writes non-22 ports as

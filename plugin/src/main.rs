@@ -86,7 +86,7 @@ enum PluginError {
     Connect(#[from] ConnectError),
     #[error("Secret of {0} has no generated client key (id_ed25519); use `kubectl sftp login` and a password instead")]
     NoClientKey(String),
-    #[error("cannot encode JSON: {0}")]
+    #[error("cannot encode JSON")]
     Json(#[from] serde_json::Error),
 }
 
@@ -134,13 +134,26 @@ async fn run(cli: Cli) -> Result<ExitCode, PluginError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An error and its causes on one line, outermost first: each error's message names only its own
+/// context, so nothing is printed twice.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("kubectl sftp: {error}");
+            eprintln!("kubectl sftp: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }
@@ -159,6 +172,17 @@ mod tests {
         assert_eq!(cli.namespace.as_deref(), Some("shop"));
         assert!(matches!(cli.command, Command::Connect { ref sftp_args, .. } if sftp_args == &["-b", "-"]));
         assert!(Cli::try_parse_from(["kubectl-sftp", "login", "svc/web"]).is_err(), "a Service is not a workload");
+    }
+
+    /// The cause is printed once: by the chain, not also inside the message of the error around it.
+    #[test]
+    fn errors_print_each_cause_once() {
+        let cause = serde_json::from_str::<u8>("x").expect_err("not JSON");
+        let text = error_chain(&PluginError::Json(serde_json::from_str::<u8>("x").expect_err("not JSON")));
+        assert_eq!(text, format!("cannot encode JSON: {cause}"));
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = error_chain(&PluginError::Connect(ConnectError::Spawn(io())));
+        assert_eq!(text.matches(&io().to_string()).count(), 1, "{text}");
     }
 
     /// krew's conventions: plugin `sftp` is the binary `kubectl-sftp`, named so in the manifest.

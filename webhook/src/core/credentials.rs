@@ -11,7 +11,7 @@ use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("key generation failed: {0}")]
+    #[error("key generation failed")]
     Key(#[from] ssh_key::Error),
 }
 
