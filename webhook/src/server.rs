@@ -33,6 +33,9 @@ use crate::admission::{Admitter, ClusterView, Outcome};
 use crate::metrics::Metrics;
 use crate::tls::CertStore;
 
+/// Long enough that a persisting accept error costs nothing, short enough that serving resumes
+/// promptly once descriptors are free again (the sidecar's value).
+const PAUSE_AFTER_ACCEPT_ERROR: Duration = Duration::from_millis(100);
 /// Largest accepted AdmissionReview (the apiserver's own request limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Request bytes buffered at once over all connections: five largest reviews. Beyond it a request
@@ -222,9 +225,11 @@ async fn accept(
     match listener.accept().await {
         Ok((tcp, peer)) => Some((tcp, peer, slot)),
         Err(error) => {
-            // Out of file descriptors and the like: back off instead of spinning.
-            tracing::warn!(%error, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The sidecar's accept policy (sidecar/src/listener.rs; the crates share no runtime
+            // code): out of file descriptors and the like leave the connection pending, so log
+            // and pause instead of spinning.
+            tracing::warn!(%error, address = ?listener.local_addr().ok(), "accept failed; pausing before the next attempt");
+            tokio::time::sleep(PAUSE_AFTER_ACCEPT_ERROR).await;
             None
         }
     }
