@@ -115,18 +115,14 @@ fn serve_as(uid: u32, bin_copy: &Path, creds: &Credentials, pid: u32, health_por
         .unwrap()
 }
 
+/// `/readyz` of the health port once it says more than "starting": (status, body).
 fn readyz(port: u16) -> (u16, String) {
-    use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            write!(s, "GET /readyz HTTP/1.1\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            let code: u16 = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-            if !out.contains("starting") {
-                return (code, out);
-            }
+        if let Some((code, body)) = podsftp_test_support::http_get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/readyz")
+            && !body.contains("starting")
+        {
+            return (code, body);
         }
         assert!(Instant::now() < deadline, "no readyz answer");
         std::thread::sleep(Duration::from_millis(100));
