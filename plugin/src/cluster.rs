@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Secret, Service};
@@ -14,20 +15,21 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use podsftp_contract::{keys, secret};
 use podsftp_webhook::core::credentials::CredentialsError;
+use podsftp_webhook::core::selection::fix_command;
 use podsftp_webhook::core::{Owner, controller_of, names};
 use podsftp_webhook::k8s::cluster::KubeCluster;
 use serde::de::DeserializeOwned;
 
 use crate::login::{Endpoint, Login, LoginError, endpoint, node_address};
 use crate::rotate::{Rotation, rotated_entries};
-use crate::status::{MissedPod, OwnerStatus, Report, fix_command, injected_owners, missed_pods};
+use crate::status::{MissedPod, OwnerStatus, Report, injected_owners, missed_pods, webhook_namespaces};
 use crate::workload::{Kind, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot connect to the cluster (kubeconfig): {0}")]
+    #[error("cannot connect to the cluster (kubeconfig)")]
     Connect(#[source] kube::Error),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Api { what: String, source: kube::Error },
     #[error("no {} named {name:?} in namespace {namespace}", kind.resource())]
     NoSuchWorkload { kind: Kind, name: String, namespace: String },
@@ -41,7 +43,7 @@ pub enum ClusterError {
     NotText { secret: String, key: String },
     #[error(transparent)]
     Login(#[from] LoginError),
-    #[error("cannot generate new credentials: {0}")]
+    #[error("cannot generate new credentials")]
     Credentials(#[from] CredentialsError),
 }
 
@@ -277,6 +279,10 @@ impl Cluster {
                 (pods.map_err(api_error("listing pods"))?.items, labels)
             }
         };
+        // Without rights on webhook configurations the webhook's namespace is not known: a pod
+        // opted in there (never injected) would be listed as missed.
+        let configurations = Api::<MutatingWebhookConfiguration>::all(self.client.clone()).list(&ListParams::default()).await;
+        let webhook_namespaces = configurations.map(|list| webhook_namespaces(&list.items)).unwrap_or_default();
         let mut report = Report::default();
         for ((ns, owner), (count, ready)) in injected_owners(&pods) {
             let stem = match Owner::kind_and_name_from_annotation(&owner) {
@@ -294,7 +300,7 @@ impl Cluster {
             };
             report.owners.push(OwnerStatus { namespace: ns, owner, pods: count, ready_sidecars: ready, address });
         }
-        for pod in missed_pods(&pods, &labels) {
+        for pod in missed_pods(&pods, &labels, &webhook_namespaces) {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let name = pod.metadata.name.clone().unwrap_or_default();
             let owner = self.owner_of_pod(&ns, pod).await;

@@ -3,15 +3,13 @@
 //! `failurePolicy: Ignore` lets them through), with the command that fixes each. Pure: pods and
 //! namespace labels in, a report out; the webhook's own selection rules decide "should".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use podsftp_contract::{keys, sidecar};
-use podsftp_webhook::core::selection::{Selection, select};
-use podsftp_webhook::core::settings::Settings;
+use podsftp_webhook::core::selection::missed_injection;
 use serde::Serialize;
-
-use crate::workload::Kind;
 
 /// An owner with injected pods.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -71,32 +69,35 @@ pub fn injected_owners(pods: &[Pod]) -> BTreeMap<(String, String), (usize, usize
     owners
 }
 
-/// Running pods the webhook would inject now (namespace or pod opted in, not yet injected).
-pub fn missed_pods<'a>(pods: &'a [Pod], namespace_labels: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<&'a Pod> {
-    // `select` reads only the webhook's own namespace from the settings, which the plugin does
-    // not know; that namespace is never labelled for injection by the chart.
-    let settings = Settings { own_namespace: None, ..Settings::example() };
+/// Running pods the webhook would inject now (namespace or pod opted in, not yet injected), in
+/// namespaces other than the webhook's own (`webhook_namespaces`: it never injects there).
+pub fn missed_pods<'a>(
+    pods: &'a [Pod],
+    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    webhook_namespaces: &BTreeSet<String>,
+) -> Vec<&'a Pod> {
     let no_labels = BTreeMap::new();
     pods.iter()
-        .filter(|pod| !finished(pod) && pod.metadata.deletion_timestamp.is_none())
         .filter(|pod| {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
             let labels = namespace_labels.get(namespace).unwrap_or(&no_labels);
-            select(namespace, labels, pod, &settings) == Selection::Inject
+            !finished(pod) && !webhook_namespaces.contains(namespace) && missed_injection(labels, &pod.metadata, None)
         })
         .collect()
 }
 
-/// The command that gets `pod` (of `owner_kind`/`owner_name`) recreated with the sidecar.
-pub fn fix_command(namespace: &str, owner_kind: &str, owner_name: &str, pod: &str) -> String {
-    match Kind::from_api(owner_kind) {
-        Some(kind @ (Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet)) => {
-            format!("kubectl rollout restart -n {namespace} {}/{owner_name}", kind.resource())
-        }
-        Some(Kind::Pod) => format!("kubectl get pod -n {namespace} {pod} -o yaml > {pod}.yaml && kubectl replace --force -f {pod}.yaml"),
-        // A Job's or CronJob's pod (or another controller's) is recreated by its controller.
-        _ => format!("kubectl delete pod -n {namespace} {pod}"),
-    }
+/// The chart names its webhooks `namespace.podsftp.io` and `pod.podsftp.io`.
+const WEBHOOK_NAME_SUFFIX: &str = ".podsftp.io";
+
+/// The namespaces podsftp's webhooks run in: the Service namespace of every webhook named
+/// `*.podsftp.io` in `configurations` (a webhook reached by URL has none).
+pub fn webhook_namespaces(configurations: &[MutatingWebhookConfiguration]) -> BTreeSet<String> {
+    configurations
+        .iter()
+        .flat_map(|c| c.webhooks.iter().flatten())
+        .filter(|w| w.name.ends_with(WEBHOOK_NAME_SUFFIX))
+        .filter_map(|w| w.client_config.service.as_ref().map(|s| s.namespace.clone()))
+        .collect()
 }
 
 /// Columns padded to their widest cell, two spaces apart.
@@ -174,6 +175,25 @@ mod tests {
         assert_eq!(owners, BTreeMap::from([(("shop".to_string(), "Deployment/web".to_string()), (2, 1))]));
     }
 
+    /// Bare pods created with `generateName` each get their own owner at admission (the stem
+    /// and a token of the request): the owner annotation, not the pod name, groups them.
+    #[test]
+    fn generated_bare_pods_are_grouped_by_their_owner_annotation() {
+        let owner = |name: &'static str| [(keys::STATUS, keys::STATUS_INJECTED), (keys::OWNER_REF_ANNOTATION, name)];
+        let pods = [
+            pod("shop", "debug-x7k2p", &owner("Pod/debug-1f0c9a2e"), &[], true),
+            pod("shop", "debug-q9w4z", &owner("Pod/debug-77aa00bb"), &[], false),
+        ];
+        let owners = injected_owners(&pods);
+        assert_eq!(
+            owners,
+            BTreeMap::from([
+                (("shop".to_string(), "Pod/debug-1f0c9a2e".to_string()), (1, 1)),
+                (("shop".to_string(), "Pod/debug-77aa00bb".to_string()), (1, 0)),
+            ])
+        );
+    }
+
     #[test]
     fn missed_pods_follow_the_webhook_rules() {
         let labels =
@@ -187,16 +207,34 @@ mod tests {
             pod("other", "not-selected", &[], &[], false),
             pod("kube-system", "system", &[], &[(keys::POD_OPT, "enabled")], false),
         ];
-        let names: Vec<_> = missed_pods(&pods, &labels).iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+        let webhook = BTreeSet::from(["podsftp".to_string()]);
+        let names: Vec<_> = missed_pods(&pods, &labels, &webhook).iter().filter_map(|p| p.metadata.name.as_deref()).collect();
         assert_eq!(names, ["missed", "pod-opted-in"]);
     }
 
+    /// A pod opted in by its label in the webhook's namespace is never injected (the chart
+    /// excludes the release namespace): not a missed pod, wherever the webhook was installed.
     #[test]
-    fn fixes_per_owner_kind() {
-        assert_eq!(fix_command("shop", "Deployment", "web", "web-1"), "kubectl rollout restart -n shop deployment/web");
-        assert_eq!(fix_command("shop", "StatefulSet", "db", "db-0"), "kubectl rollout restart -n shop statefulset/db");
-        assert_eq!(fix_command("shop", "CronJob", "nightly", "nightly-1-x"), "kubectl delete pod -n shop nightly-1-x");
-        assert!(fix_command("shop", "Pod", "lone", "lone").contains("replace --force"));
+    fn the_webhooks_namespace_is_found_and_never_counts() {
+        let configuration: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "podsftp-tools"},
+            "webhooks": [
+                {"name": "namespace.podsftp.io", "clientConfig": {"service": {"name": "podsftp", "namespace": "tools"}},
+                 "admissionReviewVersions": ["v1"], "sideEffects": "None"},
+                {"name": "pod.podsftp.io", "clientConfig": {"url": "https://example.com/mutate"},
+                 "admissionReviewVersions": ["v1"], "sideEffects": "None"},
+                {"name": "other.example.com", "clientConfig": {"service": {"name": "x", "namespace": "elsewhere"}},
+                 "admissionReviewVersions": ["v1"], "sideEffects": "None"}
+            ]
+        }))
+        .expect("configuration");
+        let found = webhook_namespaces(&[configuration]);
+        assert_eq!(found, BTreeSet::from(["tools".to_string()]));
+        let pods = [pod("tools", "opted-in", &[], &[(keys::POD_OPT, "enabled")], false)];
+        assert!(missed_pods(&pods, &BTreeMap::new(), &found).is_empty());
+        assert_eq!(missed_pods(&pods, &BTreeMap::new(), &BTreeSet::new()).len(), 1);
+        let chart = include_str!("../../charts/podsftp/templates/mutatingwebhookconfiguration.yaml");
+        assert!(chart.contains(&format!("- name: {{{{ $webhook }}}}{WEBHOOK_NAME_SUFFIX}\n")), "the chart's webhook names");
     }
 
     #[test]

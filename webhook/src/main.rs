@@ -11,7 +11,7 @@ use podsftp_webhook::admission::Admitter;
 use podsftp_webhook::core::settings::{Resources, Settings, SidecarPlacement};
 use podsftp_webhook::k8s::auto_tls::{AutoTls, service_sans};
 use podsftp_webhook::k8s::cluster::KubeCluster;
-use podsftp_webhook::k8s::controller;
+use podsftp_webhook::k8s::{controller, missed};
 use podsftp_webhook::metrics::Metrics;
 use podsftp_webhook::server::{Readiness, admission_router, health_router, serve_tls};
 use podsftp_webhook::tls::{CertFiles, CertStore};
@@ -197,6 +197,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let health = TcpListener::bind(args.metrics_listen).await.with_context(|| format!("binding {}", args.metrics_listen))?;
     let health_app = health_router(readiness.clone(), metrics.clone());
     tokio::spawn(async move { axum::serve(health, health_app).await });
+    tokio::spawn(missed::run(cluster.clone(), metrics.clone(), args.namespace.clone()));
     tokio::spawn(controller::run(controller::Context::new(
         cluster.clone(),
         metrics.clone(),

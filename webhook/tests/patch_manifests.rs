@@ -22,7 +22,7 @@ fn owner(kind: &str, name: &str) -> Owner {
 fn inject(manifest: Value, namespace_labels: &BTreeMap<String, String>, owner: &Owner, settings: &Settings) -> Pod {
     let pod: Pod = serde_json::from_value(manifest.clone()).expect("manifest is a pod");
     assert_eq!(validation::problems(&pod), Vec::<String>::new(), "the manifest is valid");
-    assert_eq!(select("shop", namespace_labels, &pod, settings), Selection::Inject);
+    assert_eq!(select("shop", namespace_labels, &pod.metadata, settings.own_namespace.as_deref()), Selection::Inject);
     let mutation = mutate(&pod, namespace_labels, owner, settings).expect("patch");
     let mut patched = manifest;
     json_patch::patch(&mut patched, &mutation.patch).expect("patch applies");
@@ -232,7 +232,10 @@ fn already_injected_pod_gets_no_second_sidecar() {
     let settings = Settings::example();
     let web = owner("Deployment", "web");
     let once = inject(deployment_pod(), &enabled_namespace(), &web, &settings);
-    assert_eq!(select("shop", &enabled_namespace(), &once, &settings), Selection::Skip("already injected"));
+    assert_eq!(
+        select("shop", &enabled_namespace(), &once.metadata, settings.own_namespace.as_deref()),
+        Selection::Skip("already injected")
+    );
     // Even without the status annotation, a pod carrying the sidecar is not patched twice.
     let mut stripped = once.clone();
     stripped.metadata.annotations = None;
@@ -243,10 +246,16 @@ fn already_injected_pod_gets_no_second_sidecar() {
 fn kube_system_and_opted_out_pods_are_untouched() {
     let settings = Settings::example();
     let pod: Pod = serde_json::from_value(deployment_pod()).unwrap();
-    assert_eq!(select("kube-system", &enabled_namespace(), &pod, &settings), Selection::Skip("system namespace"));
+    assert_eq!(
+        select("kube-system", &enabled_namespace(), &pod.metadata, settings.own_namespace.as_deref()),
+        Selection::Skip("system namespace")
+    );
     let mut opted_out = pod.clone();
     opted_out.metadata.labels.get_or_insert_default().insert("sftp".into(), "disabled".into());
-    assert_eq!(select("shop", &enabled_namespace(), &opted_out, &settings), Selection::Skip("pod opted out"));
+    assert_eq!(
+        select("shop", &enabled_namespace(), &opted_out.metadata, settings.own_namespace.as_deref()),
+        Selection::Skip("pod opted out")
+    );
 }
 
 #[test]

@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::keys;
-use super::settings::Settings;
 
 const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
@@ -16,24 +15,48 @@ pub enum Selection {
     Skip(&'static str),
 }
 
-pub fn select(namespace: &str, namespace_labels: &BTreeMap<String, String>, pod: &Pod, settings: &Settings) -> Selection {
+/// Whether the webhook injects the pod with metadata `pod` (created in `namespace`);
+/// `own_namespace` is the webhook's.
+pub fn select(namespace: &str, namespace_labels: &BTreeMap<String, String>, pod: &ObjectMeta, own_namespace: Option<&str>) -> Selection {
     if SYSTEM_NAMESPACES.contains(&namespace) {
         return Selection::Skip("system namespace");
     }
-    if settings.own_namespace.as_deref() == Some(namespace) {
+    if own_namespace == Some(namespace) {
         return Selection::Skip("webhook namespace");
     }
-    let annotations = pod.metadata.annotations.as_ref();
+    let annotations = pod.annotations.as_ref();
     if annotations.is_some_and(|a| a.contains_key(keys::STATUS)) {
         return Selection::Skip("already injected");
     }
     let namespace_setting = namespace_labels.get(keys::NAMESPACE_INJECTION).map(String::as_str);
-    let pod_setting = pod.metadata.labels.as_ref().and_then(|l| l.get(keys::POD_OPT)).map(String::as_str);
+    let pod_setting = pod.labels.as_ref().and_then(|l| l.get(keys::POD_OPT)).map(String::as_str);
     match (namespace_setting, pod_setting) {
         (Some("disabled"), _) => Selection::Skip("namespace opted out"),
         (_, Some("disabled")) => Selection::Skip("pod opted out"),
         (Some("enabled"), _) | (_, Some("enabled")) => Selection::Inject,
         _ => Selection::Skip("not selected"),
+    }
+}
+
+/// Whether a running pod (its metadata: callers leave out finished pods, which have nothing left
+/// to fix) lacks the sidecar although the rules select it: it was created while the webhook was
+/// unreachable (`failurePolicy: Ignore` let it through) and stays so until recreated. A
+/// terminating pod does not count.
+pub fn missed_injection(namespace_labels: &BTreeMap<String, String>, pod: &ObjectMeta, own_namespace: Option<&str>) -> bool {
+    let namespace = pod.namespace.as_deref().unwrap_or_default();
+    pod.deletion_timestamp.is_none() && select(namespace, namespace_labels, pod, own_namespace) == Selection::Inject
+}
+
+/// The command that recreates `pod` (whose topmost owner is `owner_kind`/`owner_name`) so the
+/// webhook injects it: a rollout restart where the owner has one, a replacement of a bare pod,
+/// else deleting the pod (its Job's or other controller recreates it).
+pub fn fix_command(namespace: &str, owner_kind: &str, owner_name: &str, pod: &str) -> String {
+    match owner_kind {
+        "Deployment" | "StatefulSet" | "DaemonSet" => {
+            format!("kubectl rollout restart -n {namespace} {}/{owner_name}", owner_kind.to_ascii_lowercase())
+        }
+        "Pod" => format!("kubectl get pod -n {namespace} {pod} -o yaml > {pod}.yaml && kubectl replace --force -f {pod}.yaml"),
+        _ => format!("kubectl delete pod -n {namespace} {pod}"),
     }
 }
 
@@ -45,24 +68,49 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn pod(pod_labels: &[(&str, &str)]) -> Pod {
-        let mut pod = Pod::default();
-        pod.metadata.labels = Some(labels(pod_labels));
-        pod
+    fn pod(pod_labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta { labels: Some(labels(pod_labels)), ..Default::default() }
     }
 
     #[test]
     fn rules() {
-        let s = Settings::example();
+        let s = Some("podsftp");
         let enabled = labels(&[(keys::NAMESPACE_INJECTION, "enabled")]);
         let disabled = labels(&[(keys::NAMESPACE_INJECTION, "disabled")]);
         let none = labels(&[]);
-        assert_eq!(select("shop", &enabled, &pod(&[]), &s), Selection::Inject);
-        assert_eq!(select("shop", &enabled, &pod(&[("sftp", "disabled")]), &s), Selection::Skip("pod opted out"));
-        assert_eq!(select("shop", &none, &pod(&[("sftp", "enabled")]), &s), Selection::Inject);
-        assert_eq!(select("shop", &none, &pod(&[]), &s), Selection::Skip("not selected"));
-        assert_eq!(select("shop", &disabled, &pod(&[("sftp", "enabled")]), &s), Selection::Skip("namespace opted out"));
-        assert_eq!(select("kube-system", &enabled, &pod(&[("sftp", "enabled")]), &s), Selection::Skip("system namespace"));
-        assert_eq!(select("podsftp", &none, &pod(&[("sftp", "enabled")]), &s), Selection::Skip("webhook namespace"));
+        assert_eq!(select("shop", &enabled, &pod(&[]), s), Selection::Inject);
+        assert_eq!(select("shop", &enabled, &pod(&[("sftp", "disabled")]), s), Selection::Skip("pod opted out"));
+        assert_eq!(select("shop", &none, &pod(&[("sftp", "enabled")]), s), Selection::Inject);
+        assert_eq!(select("shop", &none, &pod(&[]), s), Selection::Skip("not selected"));
+        assert_eq!(select("shop", &disabled, &pod(&[("sftp", "enabled")]), s), Selection::Skip("namespace opted out"));
+        assert_eq!(select("kube-system", &enabled, &pod(&[("sftp", "enabled")]), s), Selection::Skip("system namespace"));
+        assert_eq!(select("podsftp", &none, &pod(&[("sftp", "enabled")]), s), Selection::Skip("webhook namespace"));
+    }
+
+    #[test]
+    fn missed_injections_are_selected_running_pods_without_the_sidecar() {
+        let enabled = labels(&[(keys::NAMESPACE_INJECTION, "enabled")]);
+        let in_namespace =
+            |namespace: &str, pod_labels: &[(&str, &str)]| ObjectMeta { namespace: Some(namespace.into()), ..pod(pod_labels) };
+        let own = Some("podsftp");
+        assert!(missed_injection(&enabled, &in_namespace("shop", &[]), own));
+        assert!(!missed_injection(&enabled, &in_namespace("shop", &[(keys::POD_OPT, "disabled")]), own));
+        assert!(!missed_injection(&labels(&[]), &in_namespace("shop", &[]), own));
+        assert!(!missed_injection(&enabled, &in_namespace("podsftp", &[]), own), "the webhook's own namespace");
+        let mut injected = in_namespace("shop", &[]);
+        injected.annotations = Some(labels(&[(keys::STATUS, keys::STATUS_INJECTED)]));
+        assert!(!missed_injection(&enabled, &injected, own));
+        let mut leaving = in_namespace("shop", &[]);
+        leaving.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()));
+        assert!(!missed_injection(&enabled, &leaving, own), "a terminating pod");
+    }
+
+    #[test]
+    fn fixes_per_owner_kind() {
+        assert_eq!(fix_command("shop", "Deployment", "web", "web-1"), "kubectl rollout restart -n shop deployment/web");
+        assert_eq!(fix_command("shop", "StatefulSet", "db", "db-0"), "kubectl rollout restart -n shop statefulset/db");
+        assert_eq!(fix_command("shop", "DaemonSet", "agent", "agent-x"), "kubectl rollout restart -n shop daemonset/agent");
+        assert_eq!(fix_command("shop", "CronJob", "nightly", "nightly-1-x"), "kubectl delete pod -n shop nightly-1-x");
+        assert!(fix_command("shop", "Pod", "lone", "lone").contains("replace --force"));
     }
 }

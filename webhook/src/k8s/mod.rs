@@ -1,6 +1,7 @@
 //! Everything that talks to the Kubernetes API: the cached cluster view used by admission, the
-//! per-owner controller and the auto-TLS certificate keeper.
+//! per-owner controller, the auto-TLS certificate keeper and the report of missed injections.
 
 pub mod auto_tls;
 pub mod cluster;
 pub mod controller;
+pub mod missed;
