@@ -39,10 +39,12 @@ impl std::fmt::Debug for Credentials {
 /// Current credentials, or why there are none.
 pub type State = Result<Arc<Credentials>, String>;
 
+/// Why the mounted Secret cannot be used; logged with Display only, so each message carries its
+/// cause's text and the cause is not also a `source()` (a chain would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{0} is empty")]
     Empty(&'static str),
     #[error("ssh_host_ed25519_key is not an OpenSSH private key: {0}")]
@@ -171,7 +173,7 @@ pub fn load(dir: &Path) -> Result<Credentials, CredentialsError> {
             Ok(s) if s.trim().is_empty() => Ok(None),
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
-            Err(source) => Err(CredentialsError::Read { path, source }),
+            Err(error) => Err(CredentialsError::Read { path, error }),
         }
     };
     let username = read(secret::USERNAME, true)?.unwrap_or_default().trim().to_string();
@@ -240,6 +242,16 @@ mod tests {
     use super::*;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHAQWEYjPIlQDW3ZmxYEL0s3fJc1ZA7MmbzNAXWXQpCd user@host";
+
+    /// The cause is in the message and not also the source: a reporter that walks the chain
+    /// prints it once.
+    #[test]
+    fn a_read_error_names_its_cause_once() {
+        let cause = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let error = CredentialsError::Read { path: PathBuf::from("/etc/podsftp/credentials/password"), error: cause };
+        assert!(std::error::Error::source(&error).is_none());
+        assert_eq!(error.to_string(), "cannot read /etc/podsftp/credentials/password: permission denied");
+    }
 
     #[test]
     fn authorized_keys_with_options_comments_and_garbage() {
