@@ -1,18 +1,21 @@
 //! The user journey of issue 6 on the harness's real node: install the chart (auto certificates,
 //! the webhook as real pods), label a namespace, deploy the project's test apps, and use OpenSSH
 //! `sftp` against the per-app Services — files seen inside the app containers with the apps'
-//! uids, `podsftp.io/root` and `podsftp.io/read-only`, the shared host key, app restarts,
-//! password rotation, Jobs, garbage collection and `helm uninstall`.
+//! uids, `podsftp.io/root` and `podsftp.io/read-only`, the sidecar's `/metrics` at the address
+//! its pod announces, the shared host key, app restarts, password rotation, Jobs, garbage
+//! collection and `helm uninstall`.
 //!
 //! One test, because every step builds on the state of the previous ones (as a user's day does).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use podsftp_e2e::helm::{Release, TestNamespace, eventually, exists, kubectl, kubectl_apply, kubectl_json, require_cluster, run, try_run};
+use podsftp_test_support::http_get;
 
 const WAIT: Duration = Duration::from_secs(180);
 const APPS: &str = "journey-apps";
@@ -206,6 +209,29 @@ fn a_user_installs_labels_deploys_and_works_with_files_over_sftp() {
         let meta = std::fs::metadata(&inside).expect("metadata");
         assert_eq!((meta.uid(), meta.gid()), (uid, uid), "{owner}: owner of the uploaded file in the app container");
     }
+
+    // 3b. The pod announces its sidecar's /metrics (prometheus.io annotations); after the sessions
+    //     above and a failed login it shows them, their bytes and the failure.
+    let (user, _) = login("distroless");
+    let (host, port) = service_address("distroless");
+    sftp(&host, port, &user, &Auth::Password("not-the-password"), "ls\n").expect_err("a wrong password logged in");
+    let pod = &ready_pods("distroless", 1)[0];
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true", "{annotations}");
+    let metrics_port: u16 = annotations["prometheus.io/port"].as_str().and_then(|p| p.parse().ok()).expect("prometheus.io/port");
+    let metrics_path = annotations["prometheus.io/path"].as_str().expect("prometheus.io/path");
+    let pod_ip: IpAddr = pod["status"]["podIP"].as_str().and_then(|ip| ip.parse().ok()).expect("podIP");
+    eventually("the sessions, their bytes and the failed login in the sidecar's /metrics", WAIT, || {
+        let (code, body) = http_get(SocketAddr::new(pod_ip, metrics_port), metrics_path).ok_or("no answer")?;
+        let value = |series: &str| body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok());
+        let shown = code == 200
+            && value(r#"podsftp_sidecar_sessions_ended_total{reason="closed"}"#) >= Some(2.0)
+            && value(r#"podsftp_sidecar_auth_attempts_total{method="password",result="rejected"}"#) >= Some(1.0)
+            && value("podsftp_sidecar_received_bytes_total") >= Some(800_000.0)
+            && value("podsftp_sidecar_sent_bytes_total") >= Some(800_000.0)
+            && value(r#"podsftp_sidecar_sftp_operations_total{operation="write",status="ok"}"#) >= Some(1.0);
+        if shown { Ok(()) } else { Err(format!("{code}: {body}")) }
+    });
 
     // 4. podsftp.io/root confines, podsftp.io/read-only refuses writes; one host key per owner.
     ready_pods("confined", 1);
