@@ -20,10 +20,12 @@ const OWNER_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What admission needs to know about the cluster (cached by the Kubernetes implementation).
 pub trait ClusterView: Send + Sync + 'static {
+    /// Why an owner was not resolved.
+    type Error: std::error::Error + Send;
     /// Labels of a namespace (empty when it is unknown).
     fn namespace_labels(&self, namespace: &str) -> impl Future<Output = BTreeMap<String, String>> + Send;
     /// Follows controller owner references from `controller` to the topmost owner.
-    fn topmost_owner(&self, namespace: &str, controller: &OwnerReference) -> impl Future<Output = Result<Owner, String>> + Send;
+    fn topmost_owner(&self, namespace: &str, controller: &OwnerReference) -> impl Future<Output = Result<Owner, Self::Error>> + Send;
 }
 
 /// Outcome label of the admissions metric.
@@ -74,7 +76,10 @@ impl<V: ClusterView> Admitter<V> {
                 match resolved {
                     Ok(Ok(owner)) => Some(owner),
                     failed => {
-                        let why = failed.map_or_else(|_| "timed out".to_string(), |r| r.err().unwrap_or_default());
+                        let why = match failed {
+                            Ok(Err(error)) => crate::error_chain(&error),
+                            _ => "timed out".to_string(),
+                        };
                         warnings.push(format!(
                             "podsftp: topmost owner of {}/{} not resolved ({why}); the login and Service belong to it",
                             controller.kind, controller.name
@@ -128,12 +133,14 @@ mod tests {
     struct Unreachable;
 
     impl ClusterView for Unreachable {
+        type Error = std::io::Error;
+
         async fn namespace_labels(&self, _namespace: &str) -> BTreeMap<String, String> {
             BTreeMap::from([("podsftp.io/injection".into(), "enabled".into())])
         }
 
-        async fn topmost_owner(&self, _namespace: &str, _controller: &OwnerReference) -> Result<Owner, String> {
-            Err("connection refused".into())
+        async fn topmost_owner(&self, _namespace: &str, _controller: &OwnerReference) -> Result<Owner, std::io::Error> {
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
         }
     }
 

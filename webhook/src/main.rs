@@ -132,8 +132,19 @@ async fn placement(mode: SidecarMode, client: &kube::Client) -> anyhow::Result<S
     })
 }
 
+/// A client from the kubeconfig or the in-cluster config that counts every request it sends.
+async fn counted_client(metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer().await.context("reading the Kubernetes client configuration")?;
+    let count = tower::util::MapRequestLayer::new(move |request: hyper::Request<kube::client::Body>| {
+        metrics.api_request(request.method().as_str(), request.uri().path_and_query().map_or("", |p| p.as_str()));
+        request
+    });
+    Ok(kube::client::ClientBuilder::try_from(config).context("connecting to Kubernetes")?.with_layer(&count).build())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let metrics = Arc::new(Metrics::default());
+    let client = counted_client(metrics.clone()).await?;
     let placement = placement(args.sidecar_mode, &client).await?;
     let service_type = match args.service_type {
         ServiceType::LoadBalancer => "LoadBalancer",
@@ -183,7 +194,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => bail!("give either --tls-cert and --tls-key, or --tls-secret"),
     }
 
-    let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::new(certs.clone());
     let cluster = KubeCluster::start(client);
     {

@@ -1,5 +1,6 @@
 //! Prometheus metrics: admissions by outcome, admission latency, reconciles and reconcile errors,
-//! and pods that should have the sidecar but do not, by namespace.
+//! pods that should have the sidecar but do not, by namespace, and the Kubernetes API requests the
+//! process sends, by verb and resource.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
+/// verb, resource.
+type RequestLabels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
     registry: Registry,
@@ -19,6 +22,7 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_errors: Counter,
     missed_injections: Family<Vec<(&'static str, String)>, Gauge>,
+    api_requests: Family<RequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,7 +42,9 @@ impl Default for Metrics {
             "Running pods the webhook's rules select that have no sidecar (created while the webhook was unreachable), by namespace",
             missed_injections.clone(),
         );
-        Metrics { registry, admissions, admission_seconds, reconciles, reconcile_errors, missed_injections }
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register("api_requests", "Kubernetes API requests sent, by verb and resource", api_requests.clone());
+        Metrics { registry, admissions, admission_seconds, reconciles, reconcile_errors, missed_injections, api_requests }
     }
 }
 
@@ -66,10 +72,67 @@ impl Metrics {
         }
     }
 
+    /// Counts one Kubernetes API request (`method` and `path_and_query` of its URL).
+    pub fn api_request(&self, method: &str, path_and_query: &str) {
+        let (verb, resource) = api_verb_and_resource(method, path_and_query);
+        self.api_requests.get_or_create(&vec![("verb", verb.to_string()), ("resource", resource)]).inc();
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The verb and resource of a Kubernetes API request, as the apiserver's `apiserver_request_total`
+/// names them (`list`/`watch`/`get` for reads, `create`, `patch`, `update`, `delete`).
+fn api_verb_and_resource(method: &str, path_and_query: &str) -> (&'static str, String) {
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let rest = match path.strip_prefix("/api/v1/") {
+        Some(rest) => rest,
+        // /apis/<group>/<version>/...
+        None => path.strip_prefix("/apis/").and_then(|p| p.splitn(3, '/').nth(2)).unwrap_or(""),
+    };
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let (resource, named) = match segments.as_slice() {
+        ["namespaces", _, resource, name @ ..] => (*resource, !name.is_empty()),
+        [resource, name @ ..] => (*resource, !name.is_empty()),
+        [] => ("", false),
+    };
+    let watch = query.split('&').any(|pair| pair == "watch=true" || pair == "watch=1");
+    let verb = match method {
+        "GET" if watch => "watch",
+        "GET" if named => "get",
+        "GET" => "list",
+        "POST" => "create",
+        "PATCH" => "patch",
+        "PUT" => "update",
+        "DELETE" => "delete",
+        _ => "other",
+    };
+    (verb, if resource.is_empty() { "other".to_string() } else { resource.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_named_like_the_apiservers_metric() {
+        let cases = [
+            ("GET", "/api/v1/pods?labelSelector=podsftp.io%2Fowner&watch=true&resourceVersion=1", ("watch", "pods")),
+            ("GET", "/api/v1/secrets?labelSelector=x", ("list", "secrets")),
+            ("GET", "/api/v1/namespaces/shop/secrets/web-sftp", ("get", "secrets")),
+            ("PATCH", "/api/v1/namespaces/shop/services/web-sftp?fieldManager=podsftp", ("patch", "services")),
+            ("POST", "/apis/events.k8s.io/v1/namespaces/shop/events", ("create", "events")),
+            ("GET", "/apis/apps/v1/namespaces/shop/replicasets/web-5d8f", ("get", "replicasets")),
+            ("GET", "/api/v1/namespaces/shop", ("get", "namespaces")),
+            ("GET", "/version", ("list", "other")),
+        ];
+        for (method, path, (verb, resource)) in cases {
+            assert_eq!(api_verb_and_resource(method, path), (verb, resource.to_string()), "{method} {path}");
+        }
     }
 }

@@ -29,6 +29,8 @@ use tokio_rustls::client::TlsStream;
 struct FixedCluster;
 
 impl ClusterView for FixedCluster {
+    type Error = std::io::Error;
+
     async fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
         match namespace {
             "shop" => BTreeMap::from([("podsftp.io/injection".into(), "enabled".into())]),
@@ -36,7 +38,7 @@ impl ClusterView for FixedCluster {
         }
     }
 
-    async fn topmost_owner(&self, _namespace: &str, _controller: &OwnerReference) -> Result<Owner, String> {
+    async fn topmost_owner(&self, _namespace: &str, _controller: &OwnerReference) -> Result<Owner, std::io::Error> {
         Ok(Owner { api_version: "apps/v1".into(), kind: "Deployment".into(), name: "web".into() })
     }
 }

@@ -18,12 +18,14 @@ use podsftp_webhook::core::{Owner, validation};
 struct Cluster;
 
 impl ClusterView for Cluster {
+    type Error = std::io::Error;
+
     async fn namespace_labels(&self, _namespace: &str) -> BTreeMap<String, String> {
         BTreeMap::from([("podsftp.io/injection".into(), "enabled".into())])
     }
 
-    async fn topmost_owner(&self, _namespace: &str, _controller: &OwnerReference) -> Result<Owner, String> {
-        Err("not found".into())
+    async fn topmost_owner(&self, _namespace: &str, _controller: &OwnerReference) -> Result<Owner, std::io::Error> {
+        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
     }
 }
 

@@ -2,8 +2,10 @@
 //! named. Nothing here talks to the cluster or the network; everything is a function of its inputs,
 //! so it is tested on plain manifests.
 
+pub mod bounded;
 pub mod claim;
 pub mod credentials;
+pub mod groups;
 pub mod names;
 pub mod patch;
 pub mod selection;

@@ -3,11 +3,13 @@
 //! reference claims (and live in the pod's namespace when the kind is namespaced); the cache is
 //! keyed by (namespace, uid), so a reference in one namespace can never decide what another
 //! namespace's pods resolve to. Ownership chains do not change in practice, so only the first pod
-//! of a new ReplicaSet or Job costs API calls.
+//! of a new ReplicaSet or Job costs API calls; an owner's pod template annotations are cached per
+//! revision of the pods (a new template makes new pods of a new revision). Both caches are bounded
+//! in size and age, so churn does not grow them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -18,21 +20,26 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, discovery};
 
 use crate::admission::ClusterView;
+use crate::core::bounded::BoundedCache;
 use crate::core::claim::VerifiedOwner;
 use crate::core::{Owner, controller_of};
 
 /// Owner chains longer than this are cut (and treated as unresolved).
 const MAX_OWNER_DEPTH: usize = 8;
-const OWNER_CACHE_LIMIT: usize = 10_000;
+/// Entries of each owner cache: a cluster of 10,000 pods of 1,000 Deployments needs ~2,000 chains
+/// (ReplicaSet and Deployment) and ~1,000 settings.
+const OWNER_CACHE_LIMIT: usize = 20_000;
+/// Deleted owners leave their entries behind; they go after this long at the latest.
+const OWNER_CACHE_TTL: Duration = Duration::from_secs(3600);
 const NAMESPACE_GET_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("owner chain longer than {MAX_OWNER_DEPTH}")]
     TooLong,
-    #[error("discovery of {api_version} {kind}: {source}")]
+    #[error("discovery of {api_version} {kind}")]
     Discovery { api_version: String, kind: String, source: kube::Error },
-    #[error("{kind} {name}: {source}")]
+    #[error("reading {kind} {name}")]
     Fetch { kind: String, name: String, source: kube::Error },
     #[error("{kind} {name} has uid {found}, not the {claimed} the owner reference names")]
     UidMismatch { kind: String, name: String, claimed: String, found: String },
@@ -51,11 +58,17 @@ struct Kind {
 /// An owner chain from one owner up to the topmost, nearest first.
 type Chain = Vec<VerifiedOwner>;
 
+/// (namespace of the pod, uid of the owner, revision of the pod) → the owner's pod template
+/// annotations (`None`: the owner kind has no pod template).
+type SettingsKey = (String, String, String);
+
 pub struct KubeCluster {
     client: Client,
     namespaces: Store<Namespace>,
     /// (namespace of the pod, uid of an owner) → that owner's chain.
-    owners: Mutex<HashMap<(String, String), Chain>>,
+    owners: Mutex<BoundedCache<(String, String), Chain>>,
+    settings: Mutex<BoundedCache<SettingsKey, Option<BTreeMap<String, String>>>>,
+    /// Discovered kinds: a handful per cluster, never expire.
     kinds: Mutex<HashMap<(String, String), Kind>>,
 }
 
@@ -71,7 +84,13 @@ impl KubeCluster {
                 tracing::warn!(%error, "namespace watch error");
             }
         }));
-        Arc::new(KubeCluster { client, namespaces: reader, owners: Mutex::default(), kinds: Mutex::default() })
+        Arc::new(KubeCluster {
+            client,
+            namespaces: reader,
+            owners: Mutex::new(BoundedCache::new(OWNER_CACHE_LIMIT, OWNER_CACHE_TTL)),
+            settings: Mutex::new(BoundedCache::new(OWNER_CACHE_LIMIT, OWNER_CACHE_TTL)),
+            kinds: Mutex::default(),
+        })
     }
 
     pub async fn ready(&self) {
@@ -139,7 +158,7 @@ impl KubeCluster {
         let mut fetched: Chain = Vec::new();
         let chain = loop {
             let key = (namespace.to_string(), current.uid.clone());
-            if let Some(cached) = self.owners.lock().map_err(|_| ResolveError::Poisoned)?.get(&key) {
+            if let Some(cached) = self.owners.lock().map_err(|_| ResolveError::Poisoned)?.get(&key, Instant::now()) {
                 break fetched.iter().cloned().chain(cached.iter().cloned()).collect::<Chain>();
             }
             if fetched.len() == MAX_OWNER_DEPTH {
@@ -158,11 +177,9 @@ impl KubeCluster {
             }
         };
         let mut cache = self.owners.lock().map_err(|_| ResolveError::Poisoned)?;
-        if cache.len() + fetched.len() > OWNER_CACHE_LIMIT {
-            cache.clear();
-        }
+        let now = Instant::now();
         for (index, link) in fetched.iter().enumerate() {
-            cache.insert((namespace.to_string(), link.uid.clone()), chain[index..].to_vec());
+            cache.insert((namespace.to_string(), link.uid.clone()), chain.get(index..).unwrap_or_default().to_vec(), now);
         }
         Ok(chain)
     }
@@ -171,9 +188,39 @@ impl KubeCluster {
     pub async fn topmost(&self, namespace: &str, controller: &OwnerReference) -> Result<VerifiedOwner, ResolveError> {
         self.chain(namespace, controller).await?.pop().ok_or(ResolveError::TooLong)
     }
+
+    /// The pod template annotations of the owner `reference` names (`spec.template`, or a
+    /// CronJob's `spec.jobTemplate.spec.template`; `None` for a kind without a pod template), as of
+    /// `revision` (what tells the pods of different templates apart, see the controller): fetched
+    /// once per owner and revision.
+    pub async fn template_annotations(
+        &self,
+        namespace: &str,
+        reference: &OwnerReference,
+        revision: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, ResolveError> {
+        let key = (namespace.to_string(), reference.uid.clone(), revision.to_string());
+        if let Some(cached) = self.settings.lock().map_err(|_| ResolveError::Poisoned)?.get(&key, Instant::now()) {
+            return Ok(cached);
+        }
+        let (object, _) = self.fetch(namespace, reference).await?;
+        let annotations = template_annotations(&object.data);
+        self.settings.lock().map_err(|_| ResolveError::Poisoned)?.insert(key, annotations.clone(), Instant::now());
+        Ok(annotations)
+    }
+}
+
+/// The pod template annotations of an owner object (`spec.template`, or a CronJob's
+/// `spec.jobTemplate.spec.template`); `None` for an owner without a pod template.
+fn template_annotations(owner: &serde_json::Value) -> Option<BTreeMap<String, String>> {
+    let spec = &owner["spec"];
+    let template = [&spec["template"], &spec["jobTemplate"]["spec"]["template"]].into_iter().find(|t| t.is_object())?;
+    Some(serde_json::from_value(template["metadata"]["annotations"].clone()).unwrap_or_default())
 }
 
 impl ClusterView for KubeCluster {
+    type Error = ResolveError;
+
     async fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
         if let Some(cached) = self.namespaces.get(&ObjectRef::new(namespace)) {
             return cached.metadata.labels.clone().unwrap_or_default();
@@ -186,7 +233,7 @@ impl ClusterView for KubeCluster {
         }
     }
 
-    async fn topmost_owner(&self, namespace: &str, controller: &OwnerReference) -> Result<Owner, String> {
-        self.topmost(namespace, controller).await.map(|top| top.owner).map_err(|e| e.to_string())
+    async fn topmost_owner(&self, namespace: &str, controller: &OwnerReference) -> Result<Owner, ResolveError> {
+        self.topmost(namespace, controller).await.map(|top| top.owner)
     }
 }

@@ -7,30 +7,48 @@
 //! from the owner's pod template, not from the pod. Services of owners that have had no injected
 //! pod for a grace period are removed by a periodic sweep; the Secret stays so the login survives
 //! re-enabling.
+//!
+//! Everything is read from watch caches, the way kube-rs controllers are built: a metadata-only
+//! reflector of the injected pods, a metadata-only reflector of podsftp's Secrets and a reflector of
+//! its Services (label `app.kubernetes.io/managed-by=podsftp`). Pods are grouped per owner and
+//! template (`core::groups`), and one representative pod per group is queued, so 50 replicas are
+//! one reconcile and status updates none. A changed or deleted Secret or Service queues its owner's
+//! groups, so it is repaired within seconds. A reconcile that finds both objects as it last left
+//! them makes no request; a Service is applied without reading it first, a Secret is read only when
+//! it changed since podsftp last saw it complete.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, applier, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::cluster::{KubeCluster, ResolveError};
+use crate::core::bounded::BoundedCache;
 use crate::core::claim::{self, VerifiedOwner};
-use crate::core::credentials::{LoginRequest, missing_entries};
+use crate::core::credentials::{CredentialsError, LoginRequest, missing_entries};
+use crate::core::groups::{self, OwnerGroups, OwnerKey, PodName};
 use crate::core::{controller_of, keys, names};
+use crate::error_chain;
 use crate::metrics::Metrics;
 
 pub const FIELD_MANAGER: &str = "podsftp";
+/// Every group is reconciled again this often, whatever the watches said.
 const RESYNC: Duration = Duration::from_secs(600);
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// Retry after a conflict with an object podsftp did not create (it may be a garbage-collected
@@ -39,15 +57,27 @@ const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 const SERVICE_TYPES: [&str; 3] = ["LoadBalancer", "NodePort", "ClusterIP"];
 /// Kubernetes drops Events whose note is longer than this many bytes.
 const EVENT_NOTE_MAX: usize = 1024;
+/// Requests for one pod arriving within this window are one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Reconciles in flight at once (each makes at most a few API requests).
+const CONCURRENCY: u16 = 16;
+/// What podsftp last wrote, per Secret and Service: bounded like the owner caches.
+const WRITTEN_LIMIT: usize = 40_000;
+const WRITTEN_TTL: Duration = Duration::from_secs(3600);
+
+type PodMeta = PartialObjectMeta<Pod>;
+type SecretMeta = PartialObjectMeta<Secret>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("owner not resolved: {0}")]
+    #[error("owner not resolved")]
     Owner(#[from] ResolveError),
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API")]
     Kube(#[from] kube::Error),
-    #[error("credentials: {0}")]
-    Credentials(#[from] crate::core::credentials::CredentialsError),
+    #[error("credentials")]
+    Credentials(#[from] CredentialsError),
+    #[error("a controller cache lock was poisoned")]
+    Poisoned,
 }
 
 pub struct Context {
@@ -70,19 +100,223 @@ impl Context {
     }
 }
 
-/// Runs the controller and the Service sweep until the process ends.
-pub async fn run(context: Arc<Context>) {
-    let pods: Api<Pod> = Api::all(context.client.clone());
-    let controller = Controller::new(pods, watcher::Config::default().labels(keys::OWNER_LABEL));
-    tokio::spawn(sweep_services(controller.store(), context.clone()));
-    controller
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "controller event");
-            }
+/// The last version of a Secret or Service podsftp wrote or found complete.
+#[derive(Clone, PartialEq, Eq)]
+struct Written {
+    uid: String,
+    resource_version: String,
+    /// Hash of the desired object (0 for a Secret, whose existing values are never changed).
+    desired: u64,
+}
+
+/// The watch caches and what the reconciles share.
+pub struct Caches {
+    context: Arc<Context>,
+    /// Injected pods (label `podsftp.io/owner`), metadata only.
+    pub pods: Store<PodMeta>,
+    secrets: Store<SecretMeta>,
+    services: Store<Service>,
+    groups: Mutex<OwnerGroups>,
+    /// "Secret/<namespace>/<name>" or "Service/…" → what podsftp last wrote there.
+    written: Mutex<BoundedCache<String, Written>>,
+}
+
+impl Caches {
+    fn groups(&self) -> Result<std::sync::MutexGuard<'_, OwnerGroups>, ReconcileError> {
+        self.groups.lock().map_err(|_| ReconcileError::Poisoned)
+    }
+
+    /// Representatives of the groups of `owner`, or of every group.
+    fn representatives(&self, owner: Option<&OwnerKey>) -> Result<Vec<PodName>, ReconcileError> {
+        let groups = self.groups()?;
+        Ok(match owner {
+            Some(owner) => groups.representatives_of(owner),
+            None => groups.representatives(),
         })
-        .await;
+    }
+
+    fn owners_with_pods(&self) -> Result<HashSet<OwnerKey>, ReconcileError> {
+        Ok(self.groups()?.owners())
+    }
+
+    fn written(&self, key: &str) -> Option<Written> {
+        self.written.lock().ok()?.get(&key.to_string(), Instant::now())
+    }
+
+    fn remember(&self, key: String, written: Written) {
+        if let Ok(mut cache) = self.written.lock() {
+            cache.insert(key, written, Instant::now());
+        }
+    }
+}
+
+/// Reconcile requests: representative pods of owner groups.
+type Queue = mpsc::UnboundedSender<ObjectRef<PodMeta>>;
+
+fn pod_ref(pod: PodName) -> ObjectRef<PodMeta> {
+    ObjectRef::new(&pod.name).within(&pod.namespace)
+}
+
+/// Runs the watches, the controller and the Service sweep until the process ends.
+pub async fn run(context: Arc<Context>) {
+    let client = context.client.clone();
+    let managed = format!("{}={}", keys::MANAGED_BY, keys::MANAGED_BY_VALUE);
+    let (pods, pod_writer) = reflector::store();
+    let (secrets, secret_writer) = reflector::store();
+    let (services, service_writer) = reflector::store();
+    let caches = Arc::new(Caches {
+        context,
+        pods,
+        secrets,
+        services,
+        groups: Mutex::default(),
+        written: Mutex::new(BoundedCache::new(WRITTEN_LIMIT, WRITTEN_TTL)),
+    });
+    let (queue, requests) = mpsc::unbounded();
+
+    // `Api<PartialObjectMeta<_>>`: metadata-only lists and watches.
+    let pod_events = watcher(Api::<PodMeta>::all(client.clone()), watcher::Config::default().labels(keys::OWNER_LABEL))
+        .default_backoff()
+        .reflect(pod_writer);
+    tokio::spawn(file_pods(pod_events, caches.clone(), queue.clone()));
+    let secret_events = watcher(Api::<SecretMeta>::all(client.clone()), watcher::Config::default().labels(&managed))
+        .default_backoff()
+        .reflect(secret_writer);
+    tokio::spawn(requeue_owners(secret_events, caches.clone(), queue.clone(), "Secret"));
+    let service_events =
+        watcher(Api::<Service>::all(client), watcher::Config::default().labels(&managed)).default_backoff().reflect(service_writer);
+    tokio::spawn(requeue_owners(service_events, caches.clone(), queue.clone(), "Service"));
+
+    // Before the first reconcile: what exists already, so nothing is created twice.
+    until_ready(&caches.secrets, "Secret").await;
+    until_ready(&caches.services, "Service").await;
+    until_ready(&caches.pods, "pod").await;
+    tracing::debug!("caches ready; reconciling owners");
+    tokio::spawn(resync(caches.clone(), queue));
+    tokio::spawn(sweep_services(caches.clone()));
+
+    let config = controller::Config::default().debounce(DEBOUNCE).concurrency(CONCURRENCY);
+    applier(
+        |pod, caches| Box::pin(reconcile(pod, caches)),
+        error_policy,
+        caches.clone(),
+        caches.pods.clone(),
+        requests.map(Ok::<_, Infallible>),
+        config,
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(error = %error_chain(&error), "controller event");
+        }
+    })
+    .await;
+}
+
+/// Waits for a cache's first complete list. The readiness signal wakes only its most recent
+/// waiter, so it is polled every second instead of awaited once.
+async fn until_ready<K: Resource + Clone>(store: &Store<K>, what: &str)
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(_)) => {
+                tracing::error!(what, "watch cache dropped before it was ready");
+                return std::future::pending().await;
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Files injected pods into owner groups and queues a group's representative when a reconcile has
+/// something new to see.
+async fn file_pods(events: impl Stream<Item = Result<watcher::Event<PodMeta>, watcher::Error>>, caches: Arc<Caches>, queue: Queue) {
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let Ok(mut groups) = caches.groups() else { return };
+        let announced = match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => groups.apply(&pod.metadata),
+            Ok(watcher::Event::Delete(pod)) => {
+                if let (Some(namespace), Some(name)) = (pod.metadata.namespace, pod.metadata.name) {
+                    groups.remove(&PodName { namespace, name });
+                }
+                None
+            }
+            // The cache now holds the new list: pods deleted while the watch was away go.
+            Ok(watcher::Event::InitDone) => {
+                groups.retain(|pod| caches.pods.get(&pod_ref(pod.clone())).is_some());
+                None
+            }
+            Ok(watcher::Event::Init) => None,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "pod watch error");
+                None
+            }
+        };
+        drop(groups);
+        if let Some(pod) = announced
+            && queue.unbounded_send(pod_ref(pod)).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Queues the owner of every podsftp Secret or Service that changes or goes (by its owner label),
+/// so a deleted or edited one is repaired at once. Its initial list queues nothing (the pods do),
+/// nor does the echo of podsftp's own write.
+async fn requeue_owners<K: Resource>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    caches: Arc<Caches>,
+    queue: Queue,
+    what: &'static str,
+) {
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let (object, deleted) = match event {
+            Ok(watcher::Event::Apply(object)) => (object, false),
+            Ok(watcher::Event::Delete(object)) => (object, true),
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::warn!(what, error = %error_chain(&error), "watch error");
+                continue;
+            }
+        };
+        let meta = object.meta();
+        let Some(owner) = meta.namespace.clone().zip(meta.labels.as_ref().and_then(|l| l.get(keys::OWNER_LABEL)).cloned()) else {
+            continue;
+        };
+        // The echo of podsftp's own write needs no reconcile.
+        let key = written_key(what, &owner.0, meta.name.as_deref().unwrap_or_default());
+        if !deleted
+            && caches
+                .written(&key)
+                .is_some_and(|w| Some(&w.uid) == meta.uid.as_ref() && Some(&w.resource_version) == meta.resource_version.as_ref())
+        {
+            continue;
+        }
+        let Ok(representatives) = caches.representatives(Some(&owner)) else { return };
+        for pod in representatives {
+            if queue.unbounded_send(pod_ref(pod)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Queues every group again every [`RESYNC`].
+async fn resync(caches: Arc<Caches>, queue: Queue) {
+    loop {
+        tokio::time::sleep(RESYNC).await;
+        let Ok(representatives) = caches.representatives(None) else { return };
+        for pod in representatives {
+            if queue.unbounded_send(pod_ref(pod)).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The verified owner of an injected pod and what its Secret and Service are made of.
@@ -137,14 +371,6 @@ fn created_for(meta: &ObjectMeta, owner_uid: &str) -> bool {
     managed && controller_of(meta).is_some_and(|r| r.uid == owner_uid)
 }
 
-/// The pod template annotations of an owner object (`spec.template`, or a CronJob's
-/// `spec.jobTemplate.spec.template`); `None` for an owner without a pod template.
-fn template_annotations(owner: &Value) -> Option<BTreeMap<String, String>> {
-    let spec = &owner["spec"];
-    let template = [&spec["template"], &spec["jobTemplate"]["spec"]["template"]].into_iter().find(|t| t.is_object())?;
-    Some(serde_json::from_value(template["metadata"]["annotations"].clone()).unwrap_or_default())
-}
-
 async fn owner_target(pod: &Pod, context: &Context) -> Result<Result<OwnerTarget, claim::ClaimError>, ReconcileError> {
     let namespace = pod.namespace().unwrap_or_default();
     let chain = match controller_of(&pod.metadata) {
@@ -152,7 +378,7 @@ async fn owner_target(pod: &Pod, context: &Context) -> Result<Result<OwnerTarget
             Ok(chain) => chain,
             // A reference to an object that is not what it claims will not heal by retrying.
             Err(forged @ (ResolveError::UidMismatch { .. } | ResolveError::NamespaceMismatch { .. } | ResolveError::TooLong)) => {
-                return Ok(Err(claim::ClaimError::OwnersUnverified(forged.to_string())));
+                return Ok(Err(claim::ClaimError::OwnersUnverified(error_chain(&forged))));
             }
             Err(error) => return Err(error.into()),
         },
@@ -165,9 +391,10 @@ async fn owner_target(pod: &Pod, context: &Context) -> Result<Result<OwnerTarget
     let settings = if verified.owner.kind == "Pod" && chain.is_empty() {
         pod.annotations().clone()
     } else {
-        let (object, _) = context.cluster.fetch(&namespace, &owner_reference(&verified)).await?;
+        let revision = groups::revision(&pod.metadata);
+        let template = context.cluster.template_annotations(&namespace, &owner_reference(&verified), &revision).await?;
         // An owner kind without a pod template (a custom resource) leaves the pod's annotations.
-        template_annotations(&object.data).unwrap_or_else(|| pod.annotations().clone())
+        template.unwrap_or_else(|| pod.annotations().clone())
     };
     Ok(Ok(OwnerTarget {
         owner_label: names::owner_label(&verified.owner),
@@ -177,6 +404,7 @@ async fn owner_target(pod: &Pod, context: &Context) -> Result<Result<OwnerTarget
         settings,
     }))
 }
+
 /// What reconciling one of the two objects did.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
@@ -188,13 +416,17 @@ enum Outcome {
     Refused(String),
 }
 
-async fn reconcile(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, ReconcileError> {
-    let result = reconcile_pod(&pod, &context).await;
-    context.metrics.reconcile(result.is_ok());
+/// Reconciles the owner of `pod` (the representative of its group).
+async fn reconcile(pod: Arc<PodMeta>, caches: Arc<Caches>) -> Result<Action, ReconcileError> {
+    // The pod's metadata is all a reconcile reads of it.
+    let pod = Pod { metadata: pod.metadata.clone(), ..Default::default() };
+    let result = reconcile_owner(&pod, &caches).await;
+    caches.context.metrics.reconcile(result.is_ok());
     result
 }
 
-async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, ReconcileError> {
+async fn reconcile_owner(pod: &Pod, caches: &Caches) -> Result<Action, ReconcileError> {
+    let context = &*caches.context;
     if pod.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -209,8 +441,8 @@ async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, Reconcile
         }
     };
     let outcome = async {
-        let secret = ensure_secret(&target, context).await?;
-        let service = apply_service(&target, context).await?;
+        let secret = ensure_secret(&target, caches).await?;
+        let service = apply_service(&target, caches).await?;
         Ok::<_, ReconcileError>([
             ("Secret", names::secret_name(&target.stem), secret),
             ("Service", names::service_name(&target.stem), service),
@@ -220,11 +452,11 @@ async fn reconcile_pod(pod: &Pod, context: &Context) -> Result<Action, Reconcile
     let results = match outcome {
         Ok(results) => results,
         Err(error) => {
-            publish(context, &target.object(), None, EventType::Warning, "Failed", &format!("podsftp: {error}")).await;
+            publish(context, &target.object(), None, EventType::Warning, "Failed", &format!("podsftp: {}", error_chain(&error))).await;
             return Err(error);
         }
     };
-    let mut next = Action::requeue(RESYNC);
+    let mut next = Action::await_change();
     for (what, name, outcome) in results {
         let namespace = &target.namespace;
         // The recorder folds Events with the same reason about the same object into one series
@@ -306,17 +538,28 @@ fn secret_data(entries: BTreeMap<String, String>) -> BTreeMap<String, ByteString
     entries.into_iter().map(|(key, value)| (key, ByteString(value.into_bytes()))).collect()
 }
 
-/// Creates the Secret when missing (another replica may win the race: 409 → fill gaps of the
-/// winner's), otherwise adds only missing keys to a Secret podsftp created for this owner.
-async fn ensure_secret(target: &OwnerTarget, context: &Context) -> Result<Outcome, ReconcileError> {
-    let api: Api<Secret> = Api::namespaced(context.client.clone(), &target.namespace);
+fn written_key(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{kind}/{namespace}/{name}")
+}
+
+/// Creates the Secret when the cache has none (another replica, or a cache a moment behind, may
+/// win the race: 409 → fill gaps of the winner's), otherwise adds only missing keys to a Secret
+/// podsftp created for this owner. The Secret is read only when it changed since podsftp last saw
+/// it complete.
+async fn ensure_secret(target: &OwnerTarget, caches: &Caches) -> Result<Outcome, ReconcileError> {
+    let api: Api<Secret> = Api::namespaced(caches.context.client.clone(), &target.namespace);
     let name = names::secret_name(&target.stem);
+    let key = written_key("Secret", &target.namespace, &name);
     let login = LoginRequest {
         username: target.settings.get(keys::USERNAME).map(String::as_str).filter(|u| !u.is_empty()).unwrap_or(&target.verified.owner.name),
         extra_authorized_keys: target.settings.get(keys::AUTHORIZED_KEYS).map(String::as_str),
     };
-    let existing = match api.get_opt(&name).await? {
-        Some(existing) => existing,
+    let existing = match caches.secrets.get(&ObjectRef::new(&name).within(&target.namespace)) {
+        Some(cached) if !created_for(&cached.metadata, &target.verified.uid) => return Ok(Outcome::NotOurs),
+        Some(cached) if caches.written(&key).is_some_and(|w| Some(&w.resource_version) == cached.metadata.resource_version.as_ref()) => {
+            return Ok(Outcome::Kept);
+        }
+        Some(_) => api.get(&name).await?,
         None => {
             let data = missing_entries(&BTreeMap::new(), &login)?;
             let secret = Secret {
@@ -332,7 +575,10 @@ async fn ensure_secret(target: &OwnerTarget, context: &Context) -> Result<Outcom
                 ..Default::default()
             };
             match api.create(&PostParams::default(), &secret).await {
-                Ok(_) => return Ok(Outcome::Created),
+                Ok(created) => {
+                    caches.remember(key, written(&created.metadata, 0));
+                    return Ok(Outcome::Created);
+                }
                 Err(kube::Error::Api(status)) if status.code == 409 => api.get(&name).await?,
                 Err(error) => return Err(error.into()),
             }
@@ -342,13 +588,20 @@ async fn ensure_secret(target: &OwnerTarget, context: &Context) -> Result<Outcom
         return Ok(Outcome::NotOurs);
     }
     let missing = missing_entries(&decoded(&existing), &login)?;
-    if !missing.is_empty() {
+    let complete = if missing.is_empty() {
+        existing.metadata
+    } else {
         let data = secret_data(missing);
         // The resourceVersion makes this a compare-and-swap: a concurrent writer's keys are never lost.
         let patch = json!({"metadata": {"resourceVersion": existing.resource_version()}, "data": data});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    }
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?.metadata
+    };
+    caches.remember(key, written(&complete, 0));
     Ok(Outcome::Kept)
+}
+
+fn written(meta: &ObjectMeta, desired: u64) -> Written {
+    Written { uid: meta.uid.clone().unwrap_or_default(), resource_version: meta.resource_version.clone().unwrap_or_default(), desired }
 }
 
 /// Whether a `podsftp.io/load-balancer-source-ranges` entry is not a CIDR (Kubernetes' own rule).
@@ -412,31 +665,47 @@ fn service_spec(settings: &BTreeMap<String, String>, default_type: &str, owner_l
     Ok(spec)
 }
 
-/// Server-side applies the Service when it is missing or podsftp's own for this owner. The apply
-/// is not forced: should a same-named Service appear between the check and the apply, its fields
-/// owned by someone else make the apply fail instead of taking it over.
-async fn apply_service(target: &OwnerTarget, context: &Context) -> Result<Outcome, ReconcileError> {
-    let api: Api<Service> = Api::namespaced(context.client.clone(), &target.namespace);
+/// Server-side applies the Service when it is missing or podsftp's own for this owner, unless it
+/// is exactly as podsftp last applied it (same resourceVersion, same desired object). No read
+/// first: the cache says whose it is. The apply is not forced: should a same-named Service appear
+/// meanwhile, its fields owned by someone else make the apply fail instead of taking it over.
+async fn apply_service(target: &OwnerTarget, caches: &Caches) -> Result<Outcome, ReconcileError> {
     let name = names::service_name(&target.stem);
-    let existing = api.get_opt(&name).await?;
-    if existing.as_ref().is_some_and(|s| !created_for(&s.metadata, &target.verified.uid)) {
+    let cached = caches.services.get(&ObjectRef::new(&name).within(&target.namespace));
+    if cached.as_ref().is_some_and(|s| !created_for(&s.metadata, &target.verified.uid)) {
         return Ok(Outcome::NotOurs);
     }
-    let desired = match desired_service(target, &context.default_service_type) {
+    let desired = match desired_service(target, &caches.context.default_service_type) {
         Ok(desired) => desired,
         Err(why) => return Ok(Outcome::Refused(why)),
     };
+    let mut hasher = DefaultHasher::new();
+    desired.to_string().hash(&mut hasher);
+    let fingerprint = hasher.finish();
+    let key = written_key("Service", &target.namespace, &name);
+    let last = caches.written(&key);
+    if let Some(cached) = &cached
+        && last.as_ref() == Some(&written(&cached.metadata, fingerprint))
+    {
+        return Ok(Outcome::Kept);
+    }
+    let api: Api<Service> = Api::namespaced(caches.context.client.clone(), &target.namespace);
     match api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&desired)).await {
-        Ok(_) if existing.is_none() => Ok(Outcome::Created),
-        Ok(_) => Ok(Outcome::Kept),
+        Ok(applied) => {
+            let now = written(&applied.metadata, fingerprint);
+            // A new uid is a new Service: created now, or again after someone deleted it.
+            let created = cached.is_none() && last.is_none_or(|last| last.uid != now.uid);
+            caches.remember(key, now);
+            Ok(if created { Outcome::Created } else { Outcome::Kept })
+        }
         // Invalid (422) or conflicting (409) with what the apiserver has: the apiserver's own words.
         Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => Ok(Outcome::Refused(status.message.clone())),
         Err(error) => Err(error.into()),
     }
 }
 
-fn error_policy(_pod: Arc<Pod>, error: &ReconcileError, _context: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed");
+fn error_policy(_pod: Arc<PodMeta>, error: &ReconcileError, _caches: Arc<Caches>) -> Action {
+    tracing::warn!(error = %error_chain(error), "reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }
 
@@ -467,37 +736,14 @@ impl IdleServices {
     }
 }
 
-/// Deletes podsftp's Services whose owner has had no injected pod for the grace period.
-async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
-    // The store's readiness signal wakes only its most recent waiter (the controller's runner), so
-    // poll it again every second instead of waiting once.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(1), pods.wait_until_ready()).await {
-            Ok(Ok(())) => break,
-            Ok(Err(_)) => {
-                tracing::warn!("pod cache never became ready; Services of removed owners are not swept");
-                return;
-            }
-            Err(_) => continue,
-        }
-    }
-    tracing::debug!("pod cache ready; sweeping Services of owners without injected pods");
-    let services: Api<Service> = Api::all(context.client.clone());
-    let selector = format!("{}={},{}", keys::MANAGED_BY, keys::MANAGED_BY_VALUE, keys::OWNER_LABEL);
+/// Deletes podsftp's Services whose owner has had no injected pod for the grace period; both
+/// read from the caches.
+async fn sweep_services(caches: Arc<Caches>) {
     let mut idle = IdleServices::default();
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
-        let list = match services.list(&ListParams::default().labels(&selector)).await {
-            Ok(list) => list,
-            Err(error) => {
-                tracing::warn!(%error, "cannot list podsftp Services");
-                continue;
-            }
-        };
-        // (namespace, owner label) of every injected pod, once per sweep.
-        let owners_with_pods: HashSet<(String, String)> =
-            pods.state().iter().filter_map(|pod| Some((pod.namespace()?, pod.labels().get(keys::OWNER_LABEL)?.clone()))).collect();
-        let ours: Vec<&Service> = list.items.iter().filter(|s| controller_of(&s.metadata).is_some()).collect();
+        let Ok(owners_with_pods) = caches.owners_with_pods() else { return };
+        let ours: Vec<Arc<Service>> = caches.services.state().into_iter().filter(|s| controller_of(&s.metadata).is_some()).collect();
         let observed: Vec<(String, bool)> = ours
             .iter()
             .filter_map(|service| {
@@ -505,15 +751,15 @@ async fn sweep_services(pods: Store<Pod>, context: Arc<Context>) {
                 Some((service.uid()?, owners_with_pods.contains(&key)))
             })
             .collect();
-        let expired = idle.observe(Instant::now(), &observed, context.service_grace);
-        for service in ours.into_iter().filter(|s| s.uid().is_some_and(|uid| expired.contains(&uid))) {
+        let expired: HashSet<String> = idle.observe(Instant::now(), &observed, caches.context.service_grace).into_iter().collect();
+        for service in ours.iter().filter(|s| s.uid().is_some_and(|uid| expired.contains(&uid))) {
             let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
-            let api: Api<Service> = Api::namespaced(context.client.clone(), &namespace);
+            let api: Api<Service> = Api::namespaced(caches.context.client.clone(), &namespace);
             // The uid precondition: a Service recreated under the same name meanwhile is not touched.
             let preconditions = Preconditions { uid: service.uid(), resource_version: None };
             match api.delete(&name, &DeleteParams { preconditions: Some(preconditions), ..Default::default() }).await {
                 Ok(_) => tracing::info!(namespace, name, "removed Service of an owner without injected pods"),
-                Err(error) => tracing::warn!(namespace, name, %error, "cannot remove Service"),
+                Err(error) => tracing::warn!(namespace, name, error = %error_chain(&error), "cannot remove Service"),
             }
         }
     }

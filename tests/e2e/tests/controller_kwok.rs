@@ -1,0 +1,105 @@
+//! The controller with many owners on fake nodes (kwok, `tests/cluster/kwok`): the pods of 50
+//! Deployments run on fake nodes of the real control plane; every owner gets its Secret and Service,
+//! one reconcile per owner rather than per pod, and a deleted Service and a deleted Secret come back
+//! within seconds, from the watch (the controller before issue 14 repaired them only at its 10-minute
+//! resync). The 10,000-pod run is `bench/controller`, not a test.
+
+use std::time::{Duration, Instant};
+
+use podsftp_e2e::helm::{TestNamespace, eventually, kubectl, kubectl_apply, kubectl_json, repo_root, require_cluster, run};
+use podsftp_e2e::webhook::{HostWebhook, Registration, Tls, metric_value};
+use serde_json::{Value, json};
+
+const OWNERS: usize = 50;
+const REPLICAS: usize = 2;
+/// "Within seconds": a watch event plus one reconcile; a resync would take minutes.
+const REPAIR: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(120);
+const RECONCILES: &str = "podsftp_webhook_reconciles_total";
+
+/// A Deployment whose pods go to kwok's fake nodes (and nowhere else).
+fn fake_deployment(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": REPLICAS, "selector": {"matchLabels": {"app": name}},
+          "template": {"metadata": {"labels": {"app": name}},
+            "spec": {"nodeSelector": {"type": "kwok"},
+                     "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}}}
+    })
+}
+
+fn names(kind: &str, namespace: &str) -> Vec<String> {
+    let list = kubectl_json(&["get", kind, "-n", namespace, "-l", "app.kubernetes.io/managed-by=podsftp"]);
+    list["items"].as_array().into_iter().flatten().filter_map(|o| o["metadata"]["name"].as_str().map(String::from)).collect()
+}
+
+fn uid(kind: &str, name: &str, namespace: &str) -> String {
+    kubectl(&["get", kind, name, "-n", namespace, "--ignore-not-found", "-o", "jsonpath={.metadata.uid}"])
+}
+
+/// Deletes `kind/name` and returns how long it took to be back under a new uid.
+fn deleted_and_back(kind: &str, name: &str, namespace: &str, webhook: &HostWebhook) -> Duration {
+    let before = uid(kind, name, namespace);
+    assert!(!before.is_empty(), "{kind} {name} missing");
+    kubectl(&["delete", kind, name, "-n", namespace, "--wait=true"]);
+    let deleted = Instant::now();
+    eventually(&format!("{kind} {name} recreated"), REPAIR, || {
+        let now = uid(kind, name, namespace);
+        if !now.is_empty() && now != before { Ok(()) } else { Err(format!("uid {now:?}; webhook log:\n{}", webhook.log_text())) }
+    });
+    deleted.elapsed()
+}
+
+#[test]
+fn owners_on_fake_nodes_get_their_login_and_deleted_objects_come_back_within_seconds() {
+    require_cluster();
+    let kwok = repo_root().join("tests/cluster/kwok");
+    run(kwok.to_str().expect("utf-8 path"), &["2"]);
+    let ns = TestNamespace::create("kwok-owners", &[("podsftp.io/injection", "enabled")]);
+    let webhook = HostWebhook::start("podsftp-e2e-webhook", Tls::GeneratedFiles, &["--service-type", "ClusterIP"]);
+    let _registration = Registration::create("kwok-owners", &webhook.url(), webhook.ca_pem.as_deref(), "Fail", &[&ns.name]);
+    // Injected pods of other tests' namespaces may still be going; they are not this test's.
+    let settled = || {
+        let mut last = metric_value(&webhook.metrics_text(), RECONCILES);
+        eventually("the controller to settle", WAIT, || {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = metric_value(&webhook.metrics_text(), RECONCILES);
+            let previous = std::mem::replace(&mut last, now);
+            if now == previous { Ok(now) } else { Err(format!("{previous} -> {now}")) }
+        })
+    };
+    let reconciles_before = settled();
+
+    let owners: Vec<String> = (0..OWNERS).map(|i| format!("app-{i:02}")).collect();
+    let list =
+        json!({"apiVersion": "v1", "kind": "List", "items": owners.iter().map(|o| fake_deployment(&ns.name, o)).collect::<Vec<_>>()});
+    kubectl_apply(&list.to_string());
+    eventually(&format!("{} pods Running on fake nodes", OWNERS * REPLICAS), WAIT, || {
+        let pods = kubectl_json(&["get", "pods", "-n", &ns.name]);
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let running = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running" && p["spec"]["nodeName"].as_str().is_some_and(|n| n.starts_with("kwok-")))
+            .count();
+        if running == OWNERS * REPLICAS { Ok(()) } else { Err(format!("{running} of {} Running", items.len())) }
+    });
+    eventually("a Secret and a Service for every owner", WAIT, || {
+        let (secrets, services) = (names("secrets", &ns.name).len(), names("services", &ns.name).len());
+        if (secrets, services) == (OWNERS, OWNERS) { Ok(()) } else { Err(format!("{secrets} Secrets, {services} Services")) }
+    });
+    for owner in [&owners[0], &owners[OWNERS - 1]] {
+        let service = kubectl_json(&["get", "service", &format!("{owner}-sftp"), "-n", &ns.name]);
+        assert_eq!(service["metadata"]["ownerReferences"][0]["name"], owner.as_str(), "{service}");
+    }
+    let reconciles = settled() - reconciles_before;
+
+    let service_back = deleted_and_back("service", "app-07-sftp", &ns.name, &webhook);
+    let secret_back = deleted_and_back("secret", "app-13-sftp", &ns.name, &webhook);
+    eprintln!("{reconciles} reconciles for {OWNERS} owners; Service back after {service_back:?}, Secret after {secret_back:?}");
+    assert!(
+        reconciles < (OWNERS * REPLICAS) as f64,
+        "{reconciles} reconciles for {OWNERS} owners of {} pods: one per owner, not per pod or status update",
+        OWNERS * REPLICAS
+    );
+}

@@ -1,0 +1,224 @@
+//! Which injected pods stand for the same owner, so the controller reconciles an owner once however
+//! many replicas it has, and finds an owner's pods when its Secret or Service changes.
+//!
+//! A group is the pods of one namespace that agree on everything a reconcile reads from a pod: the
+//! owner label, the claimed owner, the controller (a pod without one is its own group) and the
+//! revision of the template they were made from. Any pod of a group therefore stands for all of
+//! them; the first by name is the group's representative. A pod is (re)announced only when what
+//! the reconcile reads changed (its fingerprint), so status updates of 10,000 pods trigger nothing.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{controller_of, keys};
+
+/// Labels the workload controllers put on pods to tell templates apart.
+const REVISION_LABELS: [&str; 2] = ["pod-template-hash", "controller-revision-hash"];
+
+/// (namespace, owner label value).
+pub type OwnerKey = (String, String);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct GroupKey {
+    claim: String,
+    revision: String,
+}
+
+/// A pod by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The template a pod was made from: its controller's uid (a Job or ReplicaSet is one template;
+/// the pod's own uid without a controller) and the revision label of StatefulSets, DaemonSets and
+/// ReplicaSets. Owner settings are cached per revision.
+pub fn revision(meta: &ObjectMeta) -> String {
+    let controller = controller_of(meta).map(|r| r.uid.as_str()).or(meta.uid.as_deref()).unwrap_or_default();
+    let labels = meta.labels.as_ref();
+    let hash = REVISION_LABELS.iter().find_map(|l| labels.and_then(|labels| labels.get(*l))).map(String::as_str).unwrap_or_default();
+    format!("{controller}/{hash}")
+}
+
+/// What a reconcile reads from a pod: labels, annotations, owner references, whether it is going.
+fn fingerprint(meta: &ObjectMeta) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    for reference in meta.owner_references.iter().flatten() {
+        (&reference.api_version, &reference.kind, &reference.name, &reference.uid, reference.controller).hash(&mut hasher);
+    }
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    hasher.finish()
+}
+
+#[derive(Default)]
+pub struct OwnerGroups {
+    /// Owner → its groups → pod name → fingerprint.
+    owners: HashMap<OwnerKey, HashMap<GroupKey, BTreeMap<String, u64>>>,
+    /// Where each pod is filed, to move or remove it.
+    filed: HashMap<PodName, (OwnerKey, GroupKey)>,
+}
+
+impl OwnerGroups {
+    /// Files a pod from a watch event. Returns the representative of its group when a reconcile has
+    /// something new to see (a new group, or a change of what the reconcile reads from a pod);
+    /// `None` for another replica of a known group and for a status-only update. A terminating pod
+    /// leaves its group.
+    pub fn apply(&mut self, meta: &ObjectMeta) -> Option<PodName> {
+        let pod = PodName { namespace: meta.namespace.clone()?, name: meta.name.clone()? };
+        let owner_label = meta.labels.as_ref()?.get(keys::OWNER_LABEL)?.clone();
+        if meta.deletion_timestamp.is_some() {
+            self.remove(&pod);
+            return None;
+        }
+        let claim = meta.annotations.as_ref().and_then(|a| a.get(keys::OWNER_REF_ANNOTATION)).cloned().unwrap_or_default();
+        let owner: OwnerKey = (pod.namespace.clone(), owner_label);
+        let group = GroupKey { claim, revision: revision(meta) };
+        let print = fingerprint(meta);
+        let filed_here = self.filed.get(&pod).is_some_and(|(o, g)| *o == owner && *g == group);
+        let previous = if filed_here { self.members(&owner, &group).and_then(|pods| pods.get(&pod.name)).copied() } else { None };
+        if previous == Some(print) {
+            return None;
+        }
+        // A replica joining its group brings nothing the representative did not; a new group or a
+        // changed pod does.
+        let new_group = self.members(&owner, &group).is_none();
+        self.remove(&pod);
+        let members = self.owners.entry(owner.clone()).or_default().entry(group.clone()).or_default();
+        members.insert(pod.name.clone(), print);
+        let representative = members.keys().next().cloned();
+        self.filed.insert(pod.clone(), (owner, group));
+        let announce = new_group || previous.is_some();
+        representative.filter(|_| announce).map(|name| PodName { namespace: pod.namespace, name })
+    }
+
+    fn members(&self, owner: &OwnerKey, group: &GroupKey) -> Option<&BTreeMap<String, u64>> {
+        self.owners.get(owner)?.get(group)
+    }
+
+    /// Forgets a pod (deleted, or terminating).
+    pub fn remove(&mut self, pod: &PodName) {
+        let Some((owner, group)) = self.filed.remove(pod) else { return };
+        let Some(groups) = self.owners.get_mut(&owner) else { return };
+        if let Some(members) = groups.get_mut(&group) {
+            members.remove(&pod.name);
+            if members.is_empty() {
+                groups.remove(&group);
+            }
+        }
+        if groups.is_empty() {
+            self.owners.remove(&owner);
+        }
+    }
+
+    /// Keeps only the pods `live` says still exist (after the watch listed everything again).
+    pub fn retain(&mut self, live: impl Fn(&PodName) -> bool) {
+        let gone: Vec<PodName> = self.filed.keys().filter(|pod| !live(pod)).cloned().collect();
+        for pod in &gone {
+            self.remove(pod);
+        }
+    }
+
+    /// The representative of each group of an owner.
+    pub fn representatives_of(&self, owner: &OwnerKey) -> Vec<PodName> {
+        let groups = self.owners.get(owner).into_iter().flat_map(|groups| groups.values());
+        groups.filter_map(|members| members.keys().next()).map(|name| PodName { namespace: owner.0.clone(), name: name.clone() }).collect()
+    }
+
+    /// The representative of every group.
+    pub fn representatives(&self) -> Vec<PodName> {
+        self.owners.keys().flat_map(|owner| self.representatives_of(owner)).collect()
+    }
+
+    /// Every owner that has at least one injected pod that is not terminating.
+    pub fn owners(&self) -> HashSet<OwnerKey> {
+        self.owners.keys().cloned().collect()
+    }
+
+    /// Pods filed.
+    pub fn len(&self) -> usize {
+        self.filed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, rs: &str, hash: &str, extra_annotation: &str) -> ObjectMeta {
+        serde_json::from_value(json!({
+            "name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "labels": {"podsftp.io/owner": "web-0123456789", "pod-template-hash": hash},
+            "annotations": {"podsftp.io/owner": "Deployment/web", "note": extra_annotation},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs, "uid": format!("uid-{rs}"), "controller": true}],
+        }))
+        .unwrap()
+    }
+
+    fn named(name: &str) -> PodName {
+        PodName { namespace: "shop".into(), name: name.into() }
+    }
+
+    /// Issue 14: 50 replicas of one Deployment are one reconcile, status updates none.
+    #[test]
+    fn replicas_of_one_template_are_one_group_and_status_updates_announce_nothing() {
+        let mut groups = OwnerGroups::default();
+        let announced: HashSet<PodName> = (0..50).filter_map(|i| groups.apply(&pod(&format!("web-a-{i:02}"), "web-a", "a", ""))).collect();
+        assert_eq!(announced, HashSet::from([named("web-a-00")]), "one representative for all replicas");
+        assert_eq!(groups.apply(&pod("web-a-07", "web-a", "a", "")), None, "nothing a reconcile reads changed");
+        assert_eq!(groups.apply(&pod("web-a-07", "web-a", "a", "edited")), Some(named("web-a-00")), "an annotation changed");
+        let owner: OwnerKey = ("shop".into(), "web-0123456789".into());
+        assert_eq!(groups.representatives_of(&owner), [named("web-a-00")]);
+        assert_eq!(groups.len(), 50);
+    }
+
+    #[test]
+    fn a_new_template_is_a_new_group_and_groups_go_with_their_last_pod() {
+        let mut groups = OwnerGroups::default();
+        let owner: OwnerKey = ("shop".into(), "web-0123456789".into());
+        groups.apply(&pod("web-a-1", "web-a", "a", ""));
+        assert_eq!(groups.apply(&pod("web-b-1", "web-b", "b", "")), Some(named("web-b-1")), "rollout: new ReplicaSet");
+        let mut both = groups.representatives_of(&owner);
+        both.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(both, [named("web-a-1"), named("web-b-1")]);
+        groups.remove(&named("web-a-1"));
+        assert_eq!(groups.representatives(), [named("web-b-1")]);
+        let mut terminating = pod("web-b-1", "web-b", "b", "");
+        terminating.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()));
+        assert_eq!(groups.apply(&terminating), None);
+        assert!(groups.is_empty() && groups.owners().is_empty(), "a terminating pod is no longer the owner's");
+    }
+
+    #[test]
+    fn the_next_pod_by_name_stands_in_for_a_deleted_representative() {
+        let mut groups = OwnerGroups::default();
+        for name in ["web-a-1", "web-a-2", "web-a-3"] {
+            groups.apply(&pod(name, "web-a", "a", ""));
+        }
+        groups.retain(|pod| pod.name != "web-a-1");
+        assert_eq!(groups.representatives(), [named("web-a-2")]);
+    }
+
+    #[test]
+    fn a_pod_without_controller_is_its_own_group() {
+        let mut groups = OwnerGroups::default();
+        let mut bare = |name: &str| {
+            let mut meta = pod(name, "x", "", "");
+            meta.owner_references = None;
+            meta.labels.as_mut().unwrap().remove("pod-template-hash");
+            groups.apply(&meta)
+        };
+        assert_eq!(bare("debug-1"), Some(named("debug-1")));
+        assert_eq!(bare("debug-2"), Some(named("debug-2")), "another uid, another group");
+    }
+}
