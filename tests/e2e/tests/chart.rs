@@ -467,6 +467,7 @@ fn auto_mode_webhook_on_the_host_creates_its_certificate_and_patches_labelled_po
         " secrets watch",
         " services create",
         " services delete",
+        " services get",
         " services list",
         " services patch",
         " services watch",

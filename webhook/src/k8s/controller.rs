@@ -666,12 +666,18 @@ fn service_spec(settings: &BTreeMap<String, String>, default_type: &str, owner_l
 }
 
 /// Server-side applies the Service when it is missing or podsftp's own for this owner, unless it
-/// is exactly as podsftp last applied it (same resourceVersion, same desired object). No read
-/// first: the cache says whose it is. The apply is not forced: should a same-named Service appear
-/// meanwhile, its fields owned by someone else make the apply fail instead of taking it over.
+/// is exactly as podsftp last applied it (same resourceVersion, same desired object). The cache
+/// says whose it is; only a name missing from it (podsftp's not created yet, or deleted, or someone
+/// else's) is read once. The apply is not forced: should a same-named Service appear meanwhile,
+/// its fields owned by someone else make the apply fail instead of taking it over.
 async fn apply_service(target: &OwnerTarget, caches: &Caches) -> Result<Outcome, ReconcileError> {
     let name = names::service_name(&target.stem);
-    let cached = caches.services.get(&ObjectRef::new(&name).within(&target.namespace));
+    let api: Api<Service> = Api::namespaced(caches.context.client.clone(), &target.namespace);
+    let cached = match caches.services.get(&ObjectRef::new(&name).within(&target.namespace)) {
+        Some(cached) => Some(cached),
+        // The cache holds podsftp's only: read once whether someone else's has the name.
+        None => api.get_opt(&name).await?.map(Arc::new),
+    };
     if cached.as_ref().is_some_and(|s| !created_for(&s.metadata, &target.verified.uid)) {
         return Ok(Outcome::NotOurs);
     }
@@ -689,7 +695,6 @@ async fn apply_service(target: &OwnerTarget, caches: &Caches) -> Result<Outcome,
     {
         return Ok(Outcome::Kept);
     }
-    let api: Api<Service> = Api::namespaced(caches.context.client.clone(), &target.namespace);
     match api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&desired)).await {
         Ok(applied) => {
             let now = written(&applied.metadata, fingerprint);
