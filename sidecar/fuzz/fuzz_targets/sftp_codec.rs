@@ -35,7 +35,13 @@ fn response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
             let name: Vec<u8> = u.arbitrary()?;
             Response::UsersGroups { id, users: vec![name.clone(); count], groups: vec![name; count / 2] }
         }
-        _ => Response::Limits { id, max_packet: u.arbitrary()?, max_read: u.arbitrary()?, max_write: u.arbitrary()?, max_handles: u.arbitrary()? },
+        _ => Response::Limits {
+            id,
+            max_packet: u.arbitrary()?,
+            max_read: u.arbitrary()?,
+            max_write: u.arbitrary()?,
+            max_handles: u.arbitrary()?,
+        },
     })
 }
 

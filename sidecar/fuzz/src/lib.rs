@@ -97,16 +97,32 @@ pub fn encode_request(packet: &Packet) -> Bytes {
             put_string(&mut out, data);
         }
         // A handle is a string on the wire like a path.
-        Request::Setstat { path, attrs } | Request::Mkdir { path, attrs } | Request::Lsetstat { path, attrs } | Request::Fsetstat { handle: path, attrs } => {
+        Request::Setstat { path, attrs }
+        | Request::Mkdir { path, attrs }
+        | Request::Lsetstat { path, attrs }
+        | Request::Fsetstat { handle: path, attrs } => {
             put_string(&mut out, path);
             put_attrs(&mut out, attrs);
         }
-        Request::Lstat { path } | Request::Opendir { path } | Request::Remove { path } | Request::Rmdir { path } | Request::Realpath { path }
-        | Request::Stat { path } | Request::Readlink { path } | Request::Statvfs { path } | Request::ExpandPath { path }
-        | Request::Close { handle: path } | Request::Fstat { handle: path } | Request::Readdir { handle: path }
-        | Request::Fstatvfs { handle: path } | Request::Fsync { handle: path } => put_string(&mut out, path),
+        Request::Lstat { path }
+        | Request::Opendir { path }
+        | Request::Remove { path }
+        | Request::Rmdir { path }
+        | Request::Realpath { path }
+        | Request::Stat { path }
+        | Request::Readlink { path }
+        | Request::Statvfs { path }
+        | Request::ExpandPath { path }
+        | Request::Close { handle: path }
+        | Request::Fstat { handle: path }
+        | Request::Readdir { handle: path }
+        | Request::Fstatvfs { handle: path }
+        | Request::Fsync { handle: path } => put_string(&mut out, path),
         // SYMLINK as OpenSSH sends it: target first.
-        Request::Rename { from, to } | Request::PosixRename { from, to } | Request::Hardlink { from, to } | Request::Symlink { target: from, link: to } => {
+        Request::Rename { from, to }
+        | Request::PosixRename { from, to }
+        | Request::Hardlink { from, to }
+        | Request::Symlink { target: from, link: to } => {
             put_string(&mut out, from);
             put_string(&mut out, to);
         }
