@@ -12,6 +12,7 @@ mod workload;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use podsftp_webhook::error_chain;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::connect::ConnectError;
@@ -132,19 +133,6 @@ async fn run(cli: Cli) -> Result<ExitCode, PluginError> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// An error and its causes on one line, outermost first: each error's message names only its own
-/// context, so nothing is printed twice.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        cause = next.source();
-    }
-    text
 }
 
 #[tokio::main]

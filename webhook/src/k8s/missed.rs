@@ -21,6 +21,7 @@ use super::cluster::KubeCluster;
 use crate::admission::ClusterView;
 use crate::core::selection::{fix_command, missed_injection};
 use crate::core::{controller_of, keys};
+use crate::error_chain;
 use crate::metrics::Metrics;
 
 /// How often the watched pods are checked (and the gauge updated).
@@ -38,7 +39,7 @@ pub async fn run(cluster: Arc<KubeCluster>, metrics: Arc<Metrics>, own_namespace
     let watch = reflector::reflector(writer, watcher(Api::<PodMeta>::all(client.clone()), config)).default_backoff().touched_objects();
     tokio::spawn(watch.for_each(|event| async move {
         if let Err(error) = event {
-            tracing::warn!(%error, "watch error (pods without the sidecar)");
+            tracing::warn!(error = %error_chain(&error), "watch error (pods without the sidecar)");
         }
     }));
     if pods.wait_until_ready().await.is_err() {
@@ -90,7 +91,7 @@ async fn owner_of(cluster: &KubeCluster, pod: &PodMeta) -> ObjectReference {
     let (owner, name, uid) = match cluster.topmost(&namespace, controller).await {
         Ok(top) => (top.owner, top.object_name, top.uid),
         Err(error) => {
-            tracing::debug!(%error, "owner of a pod without the sidecar not resolved; the Event names its controller");
+            tracing::debug!(error = %error_chain(&error), "owner of a pod without the sidecar not resolved; the Event names its controller");
             let owner = crate::core::Owner {
                 api_version: controller.api_version.clone(),
                 kind: controller.kind.clone(),
@@ -134,7 +135,7 @@ async fn warn_owners(cluster: &KubeCluster, recorder: &Recorder, missed: &[Arc<P
             secondary: None,
         };
         if let Err(error) = recorder.publish(&event, &owner).await {
-            tracing::warn!(%error, owner = %format!("{kind}/{name}"), "cannot publish event");
+            tracing::warn!(error = %error_chain(&error), owner = %format!("{kind}/{name}"), "cannot publish event");
         }
     }
     now
