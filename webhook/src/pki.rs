@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("certificate generation failed: {0}")]
+    #[error("certificate generation failed")]
     Generate(#[from] rcgen::Error),
     #[error("cannot parse certificate: {0}")]
     Parse(String),

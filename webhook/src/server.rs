@@ -88,7 +88,7 @@ enum BodyError {
     TooLarge,
     #[error("the webhook is buffering too many request bytes at once; try again")]
     Busy,
-    #[error("reading the request body: {0}")]
+    #[error("reading the request body")]
     Read(#[from] axum::Error),
 }
 
@@ -99,7 +99,7 @@ impl IntoResponse for BodyError {
             BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             BodyError::Read(_) => StatusCode::BAD_REQUEST,
         };
-        (status, format!("{self}\n")).into_response()
+        (status, format!("{}\n", crate::error_chain(&self))).into_response()
     }
 }
 

@@ -17,11 +17,11 @@ use rustls::sign::CertifiedKey;
 pub enum TlsError {
     #[error("no certificate found in the PEM data")]
     NoCertificate,
-    #[error("invalid PEM: {0}")]
+    #[error("invalid PEM")]
     Pem(#[from] rustls::pki_types::pem::Error),
-    #[error("unusable key or certificate: {0}")]
+    #[error("unusable key or certificate")]
     Rustls(#[from] rustls::Error),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read { path: PathBuf, source: std::io::Error },
 }
 
@@ -103,10 +103,10 @@ impl CertFiles {
                             tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
                         }
                         // A half-written pair (cert updated, key not yet): try again next round.
-                        Err(error) => tracing::warn!(%error, "certificate files changed but do not load yet"),
+                        Err(error) => tracing::warn!(error = %crate::error_chain(&error), "certificate files changed but do not load yet"),
                     },
                     Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "cannot read certificate files"),
+                    Err(error) => tracing::warn!(error = %crate::error_chain(&error), "cannot read certificate files"),
                 }
             }
         });
@@ -121,6 +121,14 @@ mod tests {
 
     /// A thread that panicked while holding the lock (tests unwind; the release build aborts)
     /// leaves the certificate served and reported as loaded, not a silent "no certificate".
+    /// Each cause once in the reported chain: messages name only their own context.
+    #[test]
+    fn a_read_error_reports_its_cause_once() {
+        let cause = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let error = TlsError::Read { path: PathBuf::from("/certs/tls.crt"), source: std::io::Error::from(std::io::ErrorKind::NotFound) };
+        assert_eq!(crate::error_chain(&error), format!("reading /certs/tls.crt: {cause}"));
+    }
+
     #[test]
     fn a_poisoned_store_keeps_serving_its_certificate() {
         let ca = pki::new_ca("test CA", pki::CA_VALIDITY).expect("CA");

@@ -24,6 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::core::keys;
+use crate::error_chain;
 use crate::pki::{self, CertAndKey};
 use crate::tls::{CertStore, certified_key};
 
@@ -38,13 +39,13 @@ const CONFLICT_RETRIES: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AutoTlsError {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Pki(#[from] pki::PkiError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("building the CA bundle patch: {0}")]
+    #[error("building the CA bundle patch")]
     Patch(#[from] serde_json::Error),
     #[error("the certificate Secret kept changing under us")]
     Contended,
@@ -258,11 +259,11 @@ impl AutoTls {
                 Ok(secret) => match Stored::read(Some(&secret)).usable_serving() {
                     Some(serving) => match certified_key(serving.cert_pem.as_bytes(), serving.key_pem.as_bytes()) {
                         Ok(key) => store.set(key),
-                        Err(error) => tracing::warn!(%error, "serving pair in the Secret does not load"),
+                        Err(error) => tracing::warn!(error = %error_chain(&error), "serving pair in the Secret does not load"),
                     },
                     None => tracing::debug!("no usable serving pair in the Secret yet"),
                 },
-                Err(error) => tracing::warn!(%error, "certificate Secret watch error"),
+                Err(error) => tracing::warn!(error = %error_chain(&error), "certificate Secret watch error"),
             }
             std::future::ready(())
         })
@@ -277,7 +278,7 @@ impl AutoTls {
                 Ok(()) => break,
                 Err(error) if attempt < 10 => {
                     attempt += 1;
-                    tracing::warn!(%error, attempt, "auto TLS not ready yet");
+                    tracing::warn!(error = %error_chain(&error), attempt, "auto TLS not ready yet");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
                 Err(error) => return Err(error),
@@ -288,7 +289,7 @@ impl AutoTls {
             loop {
                 tokio::time::sleep(CHECK_EVERY).await;
                 if let Err(error) = self.check().await {
-                    tracing::warn!(%error, "auto TLS check failed");
+                    tracing::warn!(error = %error_chain(&error), "auto TLS check failed");
                 }
             }
         });
