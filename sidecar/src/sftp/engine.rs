@@ -40,6 +40,8 @@ const THREAD_STACK: usize = 256 * 1024;
 /// Requests are small; buffering saves a read per request (large WRITEs bypass the buffer).
 const INPUT_BUFFER: usize = 64 * 1024;
 
+/// Why a session ended early; logged with Display only, so each message carries its cause's text
+/// and the cause is not also a `source()` (a chain would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("client sent a {0}-byte packet, more than the {max} allowed", max = codec::MAX_INCOMING_PACKET)]
@@ -47,13 +49,25 @@ pub enum SessionError {
     #[error("client closed the stream in the middle of a packet")]
     Truncated,
     #[error("malformed packet: {0}")]
-    Malformed(#[from] codec::DecodeError),
+    Malformed(codec::DecodeError),
     #[error("first packet was not SSH_FXP_INIT")]
     NoInit,
     #[error("i/o on the SFTP stream: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("{TARGET_EXITED}")]
     TargetExited,
+}
+
+impl From<codec::DecodeError> for SessionError {
+    fn from(error: codec::DecodeError) -> Self {
+        SessionError::Malformed(error)
+    }
+}
+
+impl From<io::Error> for SessionError {
+    fn from(error: io::Error) -> Self {
+        SessionError::Io(error)
+    }
 }
 
 const TARGET_EXITED: &str = "the served container's process has exited (restarted?); reconnect to reach the new one";
@@ -654,6 +668,15 @@ mod tests {
             while client.receive(Duration::from_secs(10)).is_some() {}
             served.join().unwrap().unwrap();
         });
+    }
+
+    /// The cause is in the message and not also the source: a reporter that walks the chain
+    /// prints it once.
+    #[test]
+    fn an_io_error_names_its_cause_once() {
+        let error = SessionError::from(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(std::error::Error::source(&error).is_none());
+        assert_eq!(error.to_string(), "i/o on the SFTP stream: broken pipe");
     }
 
     #[test]
