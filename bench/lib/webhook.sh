@@ -1,7 +1,8 @@
 # Sourced by the admission benchmarks: starts the release webhook on the host (certificate files,
 # namespace podsftp-bench-apps labelled for injection) and checks that $work/review.json, a
 # realistic AdmissionReview, is injected. Sets: webhook (binary), work (temp dir, removed on
-# exit), pid, port (HTTPS), metrics_port; needs tests/lib/env.sh and a KUBECONFIG.
+# exit), pid, port (HTTPS), metrics_port; needs tests/lib/env.sh and a KUBECONFIG. The caller's
+# array webhook_args replaces the default extra arguments (--log-level=warn).
 # shellcheck shell=bash
 # The static build of images/build, else a plain `cargo build --release`.
 webhook="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/podsftp-webhook"
@@ -31,7 +32,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port="$(free_port)"; metrics_port="$(free_port)"
 "$webhook" serve --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics_port" \
   --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" --namespace podsftp-bench \
-  --log-level warn >"$work/webhook.log" 2>&1 &
+  "${webhook_args[@]:---log-level=warn}" >"$work/webhook.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$metrics_port/readyz" >/dev/null && break
