@@ -8,7 +8,7 @@
 //! in size and age, so churn does not grow them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -45,8 +45,6 @@ pub enum ResolveError {
     UidMismatch { kind: String, name: String, claimed: String, found: String },
     #[error("{kind} {name} is not in namespace {namespace}")]
     NamespaceMismatch { kind: String, name: String, namespace: String },
-    #[error("a cache lock was poisoned")]
-    Poisoned,
 }
 
 #[derive(Clone, Debug)]
@@ -103,7 +101,7 @@ impl KubeCluster {
 
     async fn kind(&self, api_version: &str, kind: &str) -> Result<Kind, ResolveError> {
         let key = (api_version.to_string(), kind.to_string());
-        if let Some(known) = self.kinds.lock().map_err(|_| ResolveError::Poisoned)?.get(&key) {
+        if let Some(known) = self.kinds.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return Ok(known.clone());
         }
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -114,7 +112,7 @@ impl KubeCluster {
             source,
         })?;
         let found = Kind { resource, namespaced: capabilities.scope == discovery::Scope::Namespaced };
-        self.kinds.lock().map_err(|_| ResolveError::Poisoned)?.insert(key, found.clone());
+        self.kinds.lock().unwrap_or_else(PoisonError::into_inner).insert(key, found.clone());
         Ok(found)
     }
 
@@ -158,7 +156,7 @@ impl KubeCluster {
         let mut fetched: Chain = Vec::new();
         let chain = loop {
             let key = (namespace.to_string(), current.uid.clone());
-            if let Some(cached) = self.owners.lock().map_err(|_| ResolveError::Poisoned)?.get(&key, Instant::now()) {
+            if let Some(cached) = self.owners.lock().unwrap_or_else(PoisonError::into_inner).get(&key, Instant::now()) {
                 break fetched.iter().cloned().chain(cached.iter().cloned()).collect::<Chain>();
             }
             if fetched.len() == MAX_OWNER_DEPTH {
@@ -176,7 +174,7 @@ impl KubeCluster {
                 None => break fetched.clone(),
             }
         };
-        let mut cache = self.owners.lock().map_err(|_| ResolveError::Poisoned)?;
+        let mut cache = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         for (index, link) in fetched.iter().enumerate() {
             cache.insert((namespace.to_string(), link.uid.clone()), chain.get(index..).unwrap_or_default().to_vec(), now);
@@ -200,12 +198,12 @@ impl KubeCluster {
         revision: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ResolveError> {
         let key = (namespace.to_string(), reference.uid.clone(), revision.to_string());
-        if let Some(cached) = self.settings.lock().map_err(|_| ResolveError::Poisoned)?.get(&key, Instant::now()) {
+        if let Some(cached) = self.settings.lock().unwrap_or_else(PoisonError::into_inner).get(&key, Instant::now()) {
             return Ok(cached);
         }
         let (object, _) = self.fetch(namespace, reference).await?;
         let annotations = template_annotations(&object.data);
-        self.settings.lock().map_err(|_| ResolveError::Poisoned)?.insert(key, annotations.clone(), Instant::now());
+        self.settings.lock().unwrap_or_else(PoisonError::into_inner).insert(key, annotations.clone(), Instant::now());
         Ok(annotations)
     }
 }

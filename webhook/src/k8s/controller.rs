@@ -21,7 +21,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -76,8 +76,6 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
     #[error("credentials")]
     Credentials(#[from] CredentialsError),
-    #[error("a controller cache lock was poisoned")]
-    Poisoned,
 }
 
 pub struct Context {
@@ -122,31 +120,29 @@ pub struct Caches {
 }
 
 impl Caches {
-    fn groups(&self) -> Result<std::sync::MutexGuard<'_, OwnerGroups>, ReconcileError> {
-        self.groups.lock().map_err(|_| ReconcileError::Poisoned)
+    fn groups(&self) -> std::sync::MutexGuard<'_, OwnerGroups> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Representatives of the groups of `owner`, or of every group.
-    fn representatives(&self, owner: Option<&OwnerKey>) -> Result<Vec<PodName>, ReconcileError> {
-        let groups = self.groups()?;
-        Ok(match owner {
+    fn representatives(&self, owner: Option<&OwnerKey>) -> Vec<PodName> {
+        let groups = self.groups();
+        match owner {
             Some(owner) => groups.representatives_of(owner),
             None => groups.representatives(),
-        })
+        }
     }
 
-    fn owners_with_pods(&self) -> Result<HashSet<OwnerKey>, ReconcileError> {
-        Ok(self.groups()?.owners())
+    fn owners_with_pods(&self) -> HashSet<OwnerKey> {
+        self.groups().owners()
     }
 
     fn written(&self, key: &str) -> Option<Written> {
-        self.written.lock().ok()?.get(&key.to_string(), Instant::now())
+        self.written.lock().unwrap_or_else(PoisonError::into_inner).get(&key.to_string(), Instant::now())
     }
 
     fn remember(&self, key: String, written: Written) {
-        if let Ok(mut cache) = self.written.lock() {
-            cache.insert(key, written, Instant::now());
-        }
+        self.written.lock().unwrap_or_else(PoisonError::into_inner).insert(key, written, Instant::now());
     }
 }
 
@@ -235,7 +231,7 @@ where
 async fn file_pods(events: impl Stream<Item = Result<watcher::Event<PodMeta>, watcher::Error>>, caches: Arc<Caches>, queue: Queue) {
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
-        let Ok(mut groups) = caches.groups() else { return };
+        let mut groups = caches.groups();
         let announced = match event {
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => groups.apply(&pod.metadata),
             Ok(watcher::Event::Delete(pod)) => {
@@ -297,7 +293,7 @@ async fn requeue_owners<K: Resource>(
         {
             continue;
         }
-        let Ok(representatives) = caches.representatives(Some(&owner)) else { return };
+        let representatives = caches.representatives(Some(&owner));
         for pod in representatives {
             if queue.unbounded_send(pod_ref(pod)).is_err() {
                 return;
@@ -310,7 +306,7 @@ async fn requeue_owners<K: Resource>(
 async fn resync(caches: Arc<Caches>, queue: Queue) {
     loop {
         tokio::time::sleep(RESYNC).await;
-        let Ok(representatives) = caches.representatives(None) else { return };
+        let representatives = caches.representatives(None);
         for pod in representatives {
             if queue.unbounded_send(pod_ref(pod)).is_err() {
                 return;
@@ -618,7 +614,7 @@ fn invalid_cidr(range: &str) -> bool {
 /// The desired Service, from the owner's template annotations; `Err` with the reason when they ask
 /// for something the Service cannot be (never applied half-way: dropping invalid source ranges
 /// would open the Service to every address).
-fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, String> {
+fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, InvalidSourceRange> {
     Ok(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {
@@ -630,8 +626,15 @@ fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, St
     }))
 }
 
+/// A `loadBalancerSourceRanges` entry the Service cannot have (shown cut to 64 characters).
+#[derive(Debug, thiserror::Error)]
+#[error("{annotation}: {shown:?} is not a CIDR such as 203.0.113.0/24", annotation = keys::LOAD_BALANCER_SOURCE_RANGES)]
+struct InvalidSourceRange {
+    shown: String,
+}
+
 /// The Service's spec from the owner's annotations (settings) and the chart's default type.
-fn service_spec(settings: &BTreeMap<String, String>, default_type: &str, owner_label: &str) -> Result<Value, String> {
+fn service_spec(settings: &BTreeMap<String, String>, default_type: &str, owner_label: &str) -> Result<Value, InvalidSourceRange> {
     let service_type = settings
         .get(keys::SERVICE_TYPE)
         .and_then(|t| SERVICE_TYPES.iter().find(|known| known.eq_ignore_ascii_case(t.trim())))
@@ -650,8 +653,7 @@ fn service_spec(settings: &BTreeMap<String, String>, default_type: &str, owner_l
         .map(|r| r.split(',').map(str::trim).filter(|r| !r.is_empty()).collect())
         .unwrap_or_default();
     if let Some(bad) = ranges.iter().find(|r| invalid_cidr(r)) {
-        let shown: String = bad.chars().take(64).collect();
-        return Err(format!("{}: {shown:?} is not a CIDR such as 203.0.113.0/24", keys::LOAD_BALANCER_SOURCE_RANGES));
+        return Err(InvalidSourceRange { shown: bad.chars().take(64).collect() });
     }
     if service_type == "LoadBalancer" && !ranges.is_empty() {
         spec["loadBalancerSourceRanges"] = json!(ranges);
@@ -683,7 +685,7 @@ async fn apply_service(target: &OwnerTarget, caches: &Caches) -> Result<Outcome,
     }
     let desired = match desired_service(target, &caches.context.default_service_type) {
         Ok(desired) => desired,
-        Err(why) => return Ok(Outcome::Refused(why)),
+        Err(why) => return Ok(Outcome::Refused(why.to_string())),
     };
     let mut hasher = DefaultHasher::new();
     desired.to_string().hash(&mut hasher);
@@ -747,7 +749,7 @@ async fn sweep_services(caches: Arc<Caches>) {
     let mut idle = IdleServices::default();
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
-        let Ok(owners_with_pods) = caches.owners_with_pods() else { return };
+        let owners_with_pods = caches.owners_with_pods();
         let ours: Vec<Arc<Service>> = caches.services.state().into_iter().filter(|s| controller_of(&s.metadata).is_some()).collect();
         let observed: Vec<(String, bool)> = ours
             .iter()
