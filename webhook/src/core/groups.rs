@@ -65,17 +65,19 @@ pub struct OwnerGroups {
 }
 
 impl OwnerGroups {
-    /// Files a pod from a watch event. Returns the representative of its group when a reconcile has
-    /// something new to see (a new group, or a change of what the reconcile reads from a pod);
-    /// `None` for another replica of a known group and for a status-only update. A terminating pod
-    /// leaves its group.
-    pub fn apply(&mut self, meta: &ObjectMeta) -> Option<PodName> {
-        let pod = PodName { namespace: meta.namespace.clone()?, name: meta.name.clone()? };
-        let owner_label = meta.labels.as_ref()?.get(keys::OWNER_LABEL)?.clone();
+    /// Files a pod from a watch event. Returns the pods whose reconcile has something new to see:
+    /// the representative of the pod's group when that group is new or what the reconcile reads
+    /// from the pod changed, and what [`OwnerGroups::remove`] returns; nothing for another replica
+    /// of a known group and for a status-only update. A terminating pod leaves its group.
+    pub fn apply(&mut self, meta: &ObjectMeta) -> Vec<PodName> {
+        let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else { return Vec::new() };
+        let pod = PodName { namespace, name };
         if meta.deletion_timestamp.is_some() {
-            self.remove(&pod);
-            return None;
+            return self.remove(&pod);
         }
+        let Some(owner_label) = meta.labels.as_ref().and_then(|labels| labels.get(keys::OWNER_LABEL)).cloned() else {
+            return Vec::new();
+        };
         let claim = meta.annotations.as_ref().and_then(|a| a.get(keys::OWNER_REF_ANNOTATION)).cloned().unwrap_or_default();
         let owner: OwnerKey = (pod.namespace.clone(), owner_label);
         let group = GroupKey { claim, revision: revision(meta) };
@@ -83,45 +85,67 @@ impl OwnerGroups {
         let filed_here = self.filed.get(&pod).is_some_and(|(o, g)| *o == owner && *g == group);
         let previous = if filed_here { self.members(&owner, &group).and_then(|pods| pods.get(&pod.name)).copied() } else { None };
         if previous == Some(print) {
-            return None;
+            return Vec::new();
         }
         // A replica joining its group brings nothing the representative did not; a new group or a
         // changed pod does.
         let new_group = self.members(&owner, &group).is_none();
-        self.remove(&pod);
+        let mut announced = self.remove(&pod);
         let members = self.owners.entry(owner.clone()).or_default().entry(group.clone()).or_default();
         members.insert(pod.name.clone(), print);
         let representative = members.keys().next().cloned();
         self.filed.insert(pod.clone(), (owner, group));
-        let announce = new_group || previous.is_some();
-        representative.filter(|_| announce).map(|name| PodName { namespace: pod.namespace, name })
+        if let Some(name) = representative.filter(|_| new_group || previous.is_some()) {
+            let representative = PodName { namespace: pod.namespace, name };
+            if !announced.contains(&representative) {
+                announced.push(representative);
+            }
+        }
+        announced
     }
 
     fn members(&self, owner: &OwnerKey, group: &GroupKey) -> Option<&BTreeMap<String, u64>> {
         self.owners.get(owner)?.get(group)
     }
 
-    /// Forgets a pod (deleted, or terminating).
-    pub fn remove(&mut self, pod: &PodName) {
-        let Some((owner, group)) = self.filed.remove(pod) else { return };
-        let Some(groups) = self.owners.get_mut(&owner) else { return };
+    /// Forgets a pod (deleted, or terminating). When that empties its group and the owner has
+    /// other groups, returns their representatives: each group reconciles with its own template's
+    /// settings, so during a rollout the old and the new template's reconciles may have been last in
+    /// either order; once the old template's last pod goes, the templates that remain reconcile
+    /// again and their settings are what stays.
+    pub fn remove(&mut self, pod: &PodName) -> Vec<PodName> {
+        let Some((owner, group)) = self.filed.remove(pod) else { return Vec::new() };
+        let Some(groups) = self.owners.get_mut(&owner) else { return Vec::new() };
+        let mut group_went = false;
         if let Some(members) = groups.get_mut(&group) {
             members.remove(&pod.name);
             if members.is_empty() {
                 groups.remove(&group);
+                group_went = true;
             }
         }
         if groups.is_empty() {
             self.owners.remove(&owner);
+            return Vec::new();
         }
+        if group_went { self.representatives_of(&owner) } else { Vec::new() }
     }
 
-    /// Keeps only the pods `live` says still exist (after the watch listed everything again).
-    pub fn retain(&mut self, live: impl Fn(&PodName) -> bool) {
+    /// Keeps only the pods `live` says still exist (after the watch listed everything again);
+    /// returns what [`OwnerGroups::remove`] returned for them, once each.
+    pub fn retain(&mut self, live: impl Fn(&PodName) -> bool) -> Vec<PodName> {
         let gone: Vec<PodName> = self.filed.keys().filter(|pod| !live(pod)).cloned().collect();
+        let mut announced: Vec<PodName> = Vec::new();
         for pod in &gone {
-            self.remove(pod);
+            for representative in self.remove(pod) {
+                if !announced.contains(&representative) {
+                    announced.push(representative);
+                }
+            }
         }
+        // A representative announced before a later removal emptied its own group is gone too.
+        announced.retain(|pod| self.filed.contains_key(pod));
+        announced
     }
 
     /// The representative of each group of an owner.
@@ -173,10 +197,10 @@ mod tests {
     #[test]
     fn replicas_of_one_template_are_one_group_and_status_updates_announce_nothing() {
         let mut groups = OwnerGroups::default();
-        let announced: HashSet<PodName> = (0..50).filter_map(|i| groups.apply(&pod(&format!("web-a-{i:02}"), "web-a", "a", ""))).collect();
+        let announced: HashSet<PodName> = (0..50).flat_map(|i| groups.apply(&pod(&format!("web-a-{i:02}"), "web-a", "a", ""))).collect();
         assert_eq!(announced, HashSet::from([named("web-a-00")]), "one representative for all replicas");
-        assert_eq!(groups.apply(&pod("web-a-07", "web-a", "a", "")), None, "nothing a reconcile reads changed");
-        assert_eq!(groups.apply(&pod("web-a-07", "web-a", "a", "edited")), Some(named("web-a-00")), "an annotation changed");
+        assert_eq!(groups.apply(&pod("web-a-07", "web-a", "a", "")), [], "nothing a reconcile reads changed");
+        assert_eq!(groups.apply(&pod("web-a-07", "web-a", "a", "edited")), [named("web-a-00")], "an annotation changed");
         let owner: OwnerKey = ("shop".into(), "web-0123456789".into());
         assert_eq!(groups.representatives_of(&owner), [named("web-a-00")]);
         assert_eq!(groups.len(), 50);
@@ -187,15 +211,17 @@ mod tests {
         let mut groups = OwnerGroups::default();
         let owner: OwnerKey = ("shop".into(), "web-0123456789".into());
         groups.apply(&pod("web-a-1", "web-a", "a", ""));
-        assert_eq!(groups.apply(&pod("web-b-1", "web-b", "b", "")), Some(named("web-b-1")), "rollout: new ReplicaSet");
+        assert_eq!(groups.apply(&pod("web-b-1", "web-b", "b", "")), [named("web-b-1")], "rollout: new ReplicaSet");
         let mut both = groups.representatives_of(&owner);
         both.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!(both, [named("web-a-1"), named("web-b-1")]);
-        groups.remove(&named("web-a-1"));
+        // The old template's last pod goes: the new one reconciles again, so its settings stay
+        // whichever template's reconcile came last during the rollout.
+        assert_eq!(groups.remove(&named("web-a-1")), [named("web-b-1")]);
         assert_eq!(groups.representatives(), [named("web-b-1")]);
         let mut terminating = pod("web-b-1", "web-b", "b", "");
         terminating.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()));
-        assert_eq!(groups.apply(&terminating), None);
+        assert_eq!(groups.apply(&terminating), [], "the owner's last group: nothing left to reconcile");
         assert!(groups.is_empty() && groups.owners().is_empty(), "a terminating pod is no longer the owner's");
     }
 
@@ -205,7 +231,7 @@ mod tests {
         for name in ["web-a-1", "web-a-2", "web-a-3"] {
             groups.apply(&pod(name, "web-a", "a", ""));
         }
-        groups.retain(|pod| pod.name != "web-a-1");
+        assert_eq!(groups.retain(|pod| pod.name != "web-a-1"), [], "the group is still there");
         assert_eq!(groups.representatives(), [named("web-a-2")]);
     }
 
@@ -218,7 +244,29 @@ mod tests {
             meta.labels.as_mut().unwrap().remove("pod-template-hash");
             groups.apply(&meta)
         };
-        assert_eq!(bare("debug-1"), Some(named("debug-1")));
-        assert_eq!(bare("debug-2"), Some(named("debug-2")), "another uid, another group");
+        assert_eq!(bare("debug-1"), [named("debug-1")]);
+        assert_eq!(bare("debug-2"), [named("debug-2")], "another uid, another group");
+    }
+
+    /// A rollout's old template going, by termination or by a relist that no longer has it, makes
+    /// the remaining template reconcile again (the e2e test
+    /// `service_follows_template_annotations_and_goes_when_no_injected_pod_remains` kept the old
+    /// template's Service port without it).
+    #[test]
+    fn when_a_template_goes_the_remaining_ones_reconcile_again() {
+        let mut groups = OwnerGroups::default();
+        groups.apply(&pod("web-a-1", "web-a", "a", ""));
+        groups.apply(&pod("web-a-2", "web-a", "a", ""));
+        groups.apply(&pod("web-b-1", "web-b", "b", ""));
+        let mut terminating = pod("web-a-1", "web-a", "a", "");
+        terminating.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()));
+        assert_eq!(groups.apply(&terminating), [], "the old template still has a pod");
+        terminating.name = Some("web-a-2".into());
+        assert_eq!(groups.apply(&terminating), [named("web-b-1")]);
+
+        groups.apply(&pod("web-c-1", "web-c", "c", ""));
+        assert_eq!(groups.retain(|pod| pod.name != "web-b-1"), [named("web-c-1")]);
+        assert_eq!(groups.retain(|pod| pod.name != "web-c-1"), [], "no template left");
+        assert!(groups.is_empty());
     }
 }

@@ -234,28 +234,23 @@ async fn file_pods(events: impl Stream<Item = Result<watcher::Event<PodMeta>, wa
         let mut groups = caches.groups();
         let announced = match event {
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => groups.apply(&pod.metadata),
-            Ok(watcher::Event::Delete(pod)) => {
-                if let (Some(namespace), Some(name)) = (pod.metadata.namespace, pod.metadata.name) {
-                    groups.remove(&PodName { namespace, name });
-                }
-                None
-            }
+            Ok(watcher::Event::Delete(pod)) => match (pod.metadata.namespace, pod.metadata.name) {
+                (Some(namespace), Some(name)) => groups.remove(&PodName { namespace, name }),
+                _ => Vec::new(),
+            },
             // The cache now holds the new list: pods deleted while the watch was away go.
-            Ok(watcher::Event::InitDone) => {
-                groups.retain(|pod| caches.pods.get(&pod_ref(pod.clone())).is_some());
-                None
-            }
-            Ok(watcher::Event::Init) => None,
+            Ok(watcher::Event::InitDone) => groups.retain(|pod| caches.pods.get(&pod_ref(pod.clone())).is_some()),
+            Ok(watcher::Event::Init) => Vec::new(),
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "pod watch error");
-                None
+                Vec::new()
             }
         };
         drop(groups);
-        if let Some(pod) = announced
-            && queue.unbounded_send(pod_ref(pod)).is_err()
-        {
-            return;
+        for pod in announced {
+            if queue.unbounded_send(pod_ref(pod)).is_err() {
+                return;
+            }
         }
     }
 }
