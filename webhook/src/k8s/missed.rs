@@ -114,7 +114,13 @@ async fn owner_of(cluster: &KubeCluster, pod: &PodMeta) -> ObjectReference {
 /// returns the owners (uids) warned about now.
 async fn warn_owners(cluster: &KubeCluster, recorder: &Recorder, missed: &[Arc<PodMeta>], warned: &HashSet<String>) -> HashSet<String> {
     let mut now = HashSet::new();
+    // Pods of one controller share its topmost owner: resolved once, not once per replica.
+    let mut controllers = HashSet::new();
     for pod in missed {
+        let controller = controller_of(&pod.metadata).map(|c| &c.uid).or(pod.metadata.uid.as_ref());
+        if !controllers.insert(controller) {
+            continue;
+        }
         let owner = owner_of(cluster, pod).await;
         let uid = owner.uid.clone().unwrap_or_default();
         if !now.insert(uid.clone()) || warned.contains(&uid) {
