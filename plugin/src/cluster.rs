@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use crate::login::{Endpoint, Login, LoginError, endpoint, node_address};
 use crate::rotate::{Rotation, rotated_entries};
-use crate::status::{MissedPod, OwnerStatus, Report, injected_owners, missed_pods, webhook_namespaces};
+use crate::status::{MissedPod, OwnerStatus, Report, injected_owners, missed_pods, excluded_namespaces};
 use crate::workload::{Kind, Workload};
 
 #[derive(Debug, thiserror::Error)]
@@ -279,10 +279,10 @@ impl Cluster {
                 (pods.map_err(api_error("listing pods"))?.items, labels)
             }
         };
-        // Without rights on webhook configurations the webhook's namespace is not known: a pod
-        // opted in there (never injected) would be listed as missed.
+        // Without rights on webhook configurations the namespaces the webhooks never see are not
+        // known: a pod opted in there (never injected) would be listed as missed.
         let configurations = Api::<MutatingWebhookConfiguration>::all(self.client.clone()).list(&ListParams::default()).await;
-        let webhook_namespaces = configurations.map(|list| webhook_namespaces(&list.items)).unwrap_or_default();
+        let excluded = configurations.map(|list| excluded_namespaces(&list.items)).unwrap_or_default();
         let mut report = Report::default();
         for ((ns, owner), (count, ready)) in injected_owners(&pods) {
             let stem = match Owner::kind_and_name_from_annotation(&owner) {
@@ -300,7 +300,7 @@ impl Cluster {
             };
             report.owners.push(OwnerStatus { namespace: ns, owner, pods: count, ready_sidecars: ready, address });
         }
-        for pod in missed_pods(&pods, &labels, &webhook_namespaces) {
+        for pod in missed_pods(&pods, &labels, &excluded) {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let name = pod.metadata.name.clone().unwrap_or_default();
             let owner = self.owner_of_pod(&ns, pod).await;

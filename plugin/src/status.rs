@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use podsftp_contract::{keys, sidecar};
-use podsftp_webhook::core::selection::missed_injection;
+use podsftp_webhook::core::selection::{Excluded, missed_injection};
 use serde::Serialize;
 
 /// An owner with injected pods.
@@ -70,34 +70,43 @@ pub fn injected_owners(pods: &[Pod]) -> BTreeMap<(String, String), (usize, usize
 }
 
 /// Running pods the webhook would inject now (namespace or pod opted in, not yet injected), in
-/// namespaces other than the webhook's own (`webhook_namespaces`: it never injects there).
+/// namespaces it is not kept out of (`excluded`, see [`excluded_namespaces`]).
 pub fn missed_pods<'a>(
     pods: &'a [Pod],
     namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
-    webhook_namespaces: &BTreeSet<String>,
+    excluded: &Excluded,
 ) -> Vec<&'a Pod> {
     let no_labels = BTreeMap::new();
     pods.iter()
         .filter(|pod| {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
             let labels = namespace_labels.get(namespace).unwrap_or(&no_labels);
-            !finished(pod) && !webhook_namespaces.contains(namespace) && missed_injection(labels, &pod.metadata, None)
+            !finished(pod) && missed_injection(labels, &pod.metadata, excluded)
         })
         .collect()
 }
 
 /// The chart names its webhooks `namespace.podsftp.io` and `pod.podsftp.io`.
 const WEBHOOK_NAME_SUFFIX: &str = ".podsftp.io";
+/// The label Kubernetes gives every namespace (its name); the chart's webhooks leave namespaces out
+/// with `NotIn` on it.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// The namespaces podsftp's webhooks run in: the Service namespace of every webhook named
-/// `*.podsftp.io` in `configurations` (a webhook reached by URL has none).
-pub fn webhook_namespaces(configurations: &[MutatingWebhookConfiguration]) -> BTreeSet<String> {
-    configurations
-        .iter()
-        .flat_map(|c| c.webhooks.iter().flatten())
-        .filter(|w| w.name.ends_with(WEBHOOK_NAME_SUFFIX))
-        .filter_map(|w| w.client_config.service.as_ref().map(|s| s.namespace.clone()))
-        .collect()
+/// The namespaces podsftp's webhooks (named `*.podsftp.io` in `configurations`) never see: those
+/// they run in (a Service's namespace; a webhook reached by URL has none) and those their
+/// namespace selector leaves out by name (the chart's release namespace and
+/// `webhook.excludeNamespaces`).
+pub fn excluded_namespaces(configurations: &[MutatingWebhookConfiguration]) -> Excluded {
+    let webhooks = configurations.iter().flat_map(|c| c.webhooks.iter().flatten()).filter(|w| w.name.ends_with(WEBHOOK_NAME_SUFFIX));
+    let mut listed = BTreeSet::new();
+    for webhook in webhooks {
+        listed.extend(webhook.client_config.service.as_ref().map(|s| s.namespace.clone()));
+        let expressions = webhook.namespace_selector.iter().flat_map(|s| s.match_expressions.iter().flatten());
+        for expression in expressions.filter(|e| e.key == NAMESPACE_NAME_LABEL && e.operator == "NotIn") {
+            listed.extend(expression.values.iter().flatten().cloned());
+        }
+    }
+    Excluded { own: None, listed }
 }
 
 /// Columns padded to their widest cell, two spaces apart.
@@ -207,34 +216,42 @@ mod tests {
             pod("other", "not-selected", &[], &[], false),
             pod("kube-system", "system", &[], &[(keys::POD_OPT, "enabled")], false),
         ];
-        let webhook = BTreeSet::from(["podsftp".to_string()]);
+        let webhook = Excluded { own: None, listed: BTreeSet::from(["podsftp".to_string()]) };
         let names: Vec<_> = missed_pods(&pods, &labels, &webhook).iter().filter_map(|p| p.metadata.name.as_deref()).collect();
         assert_eq!(names, ["missed", "pod-opted-in"]);
     }
 
-    /// A pod opted in by its label in the webhook's namespace is never injected (the chart
-    /// excludes the release namespace): not a missed pod, wherever the webhook was installed.
+    /// A pod opted in by its label in the webhook's namespace, or in a namespace the chart's
+    /// `webhook.excludeNamespaces` lists, is never injected: not a missed pod, wherever the
+    /// webhook was installed.
     #[test]
-    fn the_webhooks_namespace_is_found_and_never_counts() {
+    fn namespaces_the_webhooks_never_see_are_found_and_never_count() {
         let configuration: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "podsftp-tools"},
             "webhooks": [
                 {"name": "namespace.podsftp.io", "clientConfig": {"service": {"name": "podsftp", "namespace": "tools"}},
+                 "namespaceSelector": {"matchExpressions": [
+                     {"key": "podsftp.io/injection", "operator": "In", "values": ["enabled"]},
+                     {"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": ["kube-system", "tools", "legacy"]}]},
                  "admissionReviewVersions": ["v1"], "sideEffects": "None"},
                 {"name": "pod.podsftp.io", "clientConfig": {"url": "https://example.com/mutate"},
                  "admissionReviewVersions": ["v1"], "sideEffects": "None"},
                 {"name": "other.example.com", "clientConfig": {"service": {"name": "x", "namespace": "elsewhere"}},
+                 "namespaceSelector": {"matchExpressions": [{"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": ["theirs"]}]},
                  "admissionReviewVersions": ["v1"], "sideEffects": "None"}
             ]
         }))
         .expect("configuration");
-        let found = webhook_namespaces(&[configuration]);
-        assert_eq!(found, BTreeSet::from(["tools".to_string()]));
-        let pods = [pod("tools", "opted-in", &[], &[(keys::POD_OPT, "enabled")], false)];
-        assert!(missed_pods(&pods, &BTreeMap::new(), &found).is_empty());
-        assert_eq!(missed_pods(&pods, &BTreeMap::new(), &BTreeSet::new()).len(), 1);
+        let found = excluded_namespaces(&[configuration]);
+        assert_eq!(found.listed, BTreeSet::from(["kube-system", "legacy", "tools"].map(String::from)));
+        let enabled =
+            BTreeMap::from([("legacy".to_string(), BTreeMap::from([(keys::NAMESPACE_INJECTION.to_string(), "enabled".to_string())]))]);
+        let pods = [pod("tools", "opted-in", &[], &[(keys::POD_OPT, "enabled")], false), pod("legacy", "labelled", &[], &[], false)];
+        assert!(missed_pods(&pods, &enabled, &found).is_empty());
+        assert_eq!(missed_pods(&pods, &enabled, &Excluded::default()).len(), 2);
         let chart = include_str!("../../charts/podsftp/templates/mutatingwebhookconfiguration.yaml");
         assert!(chart.contains(&format!("- name: {{{{ $webhook }}}}{WEBHOOK_NAME_SUFFIX}\n")), "the chart's webhook names");
+        assert!(chart.contains(&format!("- key: {NAMESPACE_NAME_LABEL}\n          operator: NotIn\n")), "the chart's exclusions");
     }
 
     #[test]

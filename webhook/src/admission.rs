@@ -65,7 +65,7 @@ impl<V: ClusterView> Admitter<V> {
         };
         let namespace = request.namespace.as_deref().or(pod.metadata.namespace.as_deref()).unwrap_or("default");
         let namespace_labels = self.cluster.namespace_labels(namespace).await;
-        if let Selection::Skip(reason) = select(namespace, &namespace_labels, &pod.metadata, self.settings.own_namespace.as_deref()) {
+        if let Selection::Skip(reason) = select(namespace, &namespace_labels, &pod.metadata, &self.settings.excluded) {
             tracing::debug!(namespace, reason, "pod not selected");
             return (allowed, Outcome::Skipped);
         }

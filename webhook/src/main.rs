@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use podsftp_webhook::admission::Admitter;
+use podsftp_webhook::core::selection::Excluded;
 use podsftp_webhook::core::settings::{Resources, Settings, SidecarPlacement};
 use podsftp_webhook::k8s::auto_tls::{AutoTls, service_sans};
 use podsftp_webhook::k8s::cluster::KubeCluster;
@@ -80,6 +81,10 @@ struct ServeArgs {
     /// The webhook's own namespace (never injected).
     #[arg(long, env = "POD_NAMESPACE")]
     namespace: Option<String>,
+    /// A namespace never injected (repeatable): the chart passes the namespaces its webhook
+    /// configuration leaves out, so the missed-injection check does not report their pods.
+    #[arg(long = "exclude-namespace", env = "PODSFTP_EXCLUDE_NAMESPACES", value_delimiter = ',')]
+    exclude_namespaces: Vec<String>,
     #[arg(long, env = "PODSFTP_SIDECAR_IMAGE", default_value = concat!("ghcr.io/podsftp/podsftp-sidecar:", env!("CARGO_PKG_VERSION")))]
     sidecar_image: String,
     #[arg(long, env = "PODSFTP_SIDECAR_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
@@ -166,7 +171,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             LogFormat::Json => "json".into(),
             LogFormat::Text => "text".into(),
         },
-        own_namespace: args.namespace.clone(),
+        excluded: Excluded { own: args.namespace.clone(), listed: args.exclude_namespaces.into_iter().collect() },
     });
 
     let certs = Arc::new(CertStore::default());
@@ -207,7 +212,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let health = TcpListener::bind(args.metrics_listen).await.with_context(|| format!("binding {}", args.metrics_listen))?;
     let health_app = health_router(readiness.clone(), metrics.clone());
     tokio::spawn(async move { axum::serve(health, health_app).await });
-    tokio::spawn(missed::run(cluster.clone(), metrics.clone(), args.namespace.clone()));
+    tokio::spawn(missed::run(cluster.clone(), metrics.clone(), settings.excluded.clone()));
     tokio::spawn(controller::run(controller::Context::new(
         cluster.clone(),
         metrics.clone(),

@@ -22,7 +22,7 @@ fn owner(kind: &str, name: &str) -> Owner {
 fn inject(manifest: Value, namespace_labels: &BTreeMap<String, String>, owner: &Owner, settings: &Settings) -> Pod {
     let pod: Pod = serde_json::from_value(manifest.clone()).expect("manifest is a pod");
     assert_eq!(validation::problems(&pod), Vec::<String>::new(), "the manifest is valid");
-    assert_eq!(select("shop", namespace_labels, &pod.metadata, settings.own_namespace.as_deref()), Selection::Inject);
+    assert_eq!(select("shop", namespace_labels, &pod.metadata, &settings.excluded), Selection::Inject);
     let mutation = mutate(&pod, namespace_labels, owner, settings).expect("patch");
     let mut patched = manifest;
     json_patch::patch(&mut patched, &mutation.patch).expect("patch applies");
@@ -233,7 +233,7 @@ fn already_injected_pod_gets_no_second_sidecar() {
     let web = owner("Deployment", "web");
     let once = inject(deployment_pod(), &enabled_namespace(), &web, &settings);
     assert_eq!(
-        select("shop", &enabled_namespace(), &once.metadata, settings.own_namespace.as_deref()),
+        select("shop", &enabled_namespace(), &once.metadata, &settings.excluded),
         Selection::Skip("already injected")
     );
     // Even without the status annotation, a pod carrying the sidecar is not patched twice.
@@ -247,13 +247,13 @@ fn kube_system_and_opted_out_pods_are_untouched() {
     let settings = Settings::example();
     let pod: Pod = serde_json::from_value(deployment_pod()).unwrap();
     assert_eq!(
-        select("kube-system", &enabled_namespace(), &pod.metadata, settings.own_namespace.as_deref()),
+        select("kube-system", &enabled_namespace(), &pod.metadata, &settings.excluded),
         Selection::Skip("system namespace")
     );
     let mut opted_out = pod.clone();
     opted_out.metadata.labels.get_or_insert_default().insert("sftp".into(), "disabled".into());
     assert_eq!(
-        select("shop", &enabled_namespace(), &opted_out.metadata, settings.own_namespace.as_deref()),
+        select("shop", &enabled_namespace(), &opted_out.metadata, &settings.excluded),
         Selection::Skip("pod opted out")
     );
 }

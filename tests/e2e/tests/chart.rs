@@ -86,6 +86,9 @@ fn webhook_configuration_selects_per_product_contract() {
         assert!(config.contains(expected), "missing {expected:?} in:\n{config}");
     }
     assert!(!config.contains("caBundle"), "auto mode must not render a caBundle (the webhook patches it):\n{config}");
+    // The webhook itself must know them too, or its missed-injection check reports their pods.
+    let deployment = document(&manifests, "kind: Deployment").expect("the webhook's Deployment");
+    assert!(deployment.contains("- --exclude-namespace=legacy\n"), "the webhook is not told about excluded namespaces:\n{deployment}");
 }
 
 /// The document of `manifests` holding `marker` (e.g. `kind: Deployment`).

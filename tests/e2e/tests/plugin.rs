@@ -4,8 +4,9 @@
 //! non-injected workload, `rotate --password`, `--key` and `--host-key` (new value works, old one
 //! refused, the server shows the new host key, no pod restarted), and `status` listing a pod
 //! created while the webhook was scaled to zero, with its fix (and not a pod in the webhook's own
-//! namespace, which is never injected); back up, the webhook counts that pod in
-//! `podsftp_webhook_missed_injections` and puts a Warning Event with the fix on its Deployment.
+//! namespace or in a labelled namespace the chart excludes, which are never injected); back up, the
+//! webhook counts that pod (and not the excluded ones) in `podsftp_webhook_missed_injections` and
+//! puts a Warning Event with the fix on its Deployment.
 //!
 //! One test: every step uses the workload (and the webhook) the previous ones set up.
 
@@ -18,6 +19,8 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
 const APPS: &str = "plugin-apps";
+/// Labelled for injection but listed in the chart's `webhook.excludeNamespaces`.
+const EXCLUDED: &str = "plugin-excluded";
 
 /// `kubectl-sftp ARGS` with `input` on stdin: Ok(stdout) or Err(status, stdout and stderr).
 fn plugin(args: &[&str], input: Option<&str>) -> Result<String, String> {
@@ -104,7 +107,8 @@ fn kubectl_sftp_logs_in_connects_rotates_and_reports_missed_pods_as_the_webhook_
 
     let system = TestNamespace::create("plugin-system", &[]);
     let _ = try_run("kubectl", &["delete", "namespace", APPS, "--ignore-not-found", "--wait=true"], None);
-    let release = Release::install("plugin", &system.name, &["sidecar.serviceType=ClusterIP", "log.format=text"]);
+    let excluded_value = format!("webhook.excludeNamespaces={{{EXCLUDED}}}");
+    let release = Release::install("plugin", &system.name, &["sidecar.serviceType=ClusterIP", "log.format=text", &excluded_value]);
     let webhook = format!("deployment/{}", release.fullname());
     kubectl(&["rollout", "status", &webhook, "-n", &system.name, "--timeout=180s"]);
     let apps = TestNamespace::create(APPS, &[("podsftp.io/injection", "enabled")]);
@@ -226,35 +230,44 @@ fn kubectl_sftp_logs_in_connects_rotates_and_reports_missed_pods_as_the_webhook_
     assert!(status.contains("Deployment/web") && status.contains(&format!("1/1    {host}:{port}")), "{status}");
     assert!(status.contains("Deployment/late  kubectl rollout restart -n plugin-apps deployment/late"), "{status}");
     assert!(!status.contains("Deployment/plain"), "an opted-out pod is listed as missed: {status}");
-    // A pod opted in by its label in the webhook's own namespace is never injected (the chart
-    // leaves that namespace out): `status` finds the namespace and does not count the pod.
-    kubectl_apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: opted-in\n  namespace: {}\n  labels: {{sftp: enabled}}\nspec:\n\
-         \x20 containers:\n    - name: app\n      image: localhost/podsftp/test-legacy:0.1.0\n      imagePullPolicy: IfNotPresent\n",
-        system.name
-    ));
+    // A pod opted in by its label in the webhook's own namespace, and one in a labelled namespace
+    // the chart excludes, are never injected (the chart leaves those namespaces out): `status`
+    // finds the namespaces and does not count the pods.
+    let excluded = TestNamespace::create(EXCLUDED, &[("podsftp.io/injection", "enabled")]);
+    for namespace in [system.name.as_str(), EXCLUDED] {
+        kubectl_apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: opted-in\n  namespace: {namespace}\n  labels: {{sftp: enabled}}\nspec:\n\
+             \x20 containers:\n    - name: app\n      image: localhost/podsftp/test-legacy:0.1.0\n      imagePullPolicy: IfNotPresent\n"
+        ));
+    }
     let all = plugin(&["status", "-A", "-o", "json"], None).unwrap_or_else(|e| panic!("{e}"));
     let all: Value = serde_json::from_str(&all).unwrap_or_else(|e| panic!("status JSON ({e}): {all}"));
     let missed = all["missed"].as_array().cloned().unwrap_or_default();
     assert!(missed.iter().any(|p| p["owner"] == "Deployment/late"), "{all}");
     assert!(!missed.iter().any(|p| p["namespace"] == system.name.as_str()), "a pod in the webhook's namespace is listed: {all}");
+    assert!(!missed.iter().any(|p| p["namespace"] == EXCLUDED), "a pod in an excluded namespace is listed: {all}");
 
     // Back up, the webhook reports the pod it missed: the gauge for the namespace and a Warning
     // Event on the Deployment with the fix; once fixed, the namespace's series is gone.
     kubectl(&["scale", &webhook, "-n", &system.name, "--replicas=1"]);
     kubectl(&["rollout", "status", &webhook, "-n", &system.name, "--timeout=180s"]);
     let metric = format!("podsftp_webhook_missed_injections{{namespace=\"{APPS}\"}} ");
-    let missed_count = || -> Result<Option<String>, String> {
+    let webhook_metrics = || -> Result<String, String> {
         let pods = kubectl_json(&["get", "pods", "-n", &system.name, "-l", selector]);
         let pod = pods["items"][0]["metadata"]["name"].as_str().ok_or("no webhook pod")?.to_string();
         let path = format!("/api/v1/namespaces/{}/pods/{pod}:9090/proxy/metrics", system.name);
-        let text = try_run("kubectl", &["get", "--raw", &path], None)?;
-        Ok(text.lines().find_map(|line| line.strip_prefix(metric.as_str())).map(str::to_string))
+        try_run("kubectl", &["get", "--raw", &path], None)
+    };
+    let missed_count = || -> Result<Option<String>, String> {
+        Ok(webhook_metrics()?.lines().find_map(|line| line.strip_prefix(metric.as_str())).map(str::to_string))
     };
     eventually("the missed pod counted", WAIT, || match missed_count()? {
         Some(count) if count == "1" => Ok(()),
         other => Err(format!("{metric}is {other:?}")),
     });
+    // The check that counted APPS has seen the excluded namespace's pod too.
+    let text = webhook_metrics().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!text.contains(&format!("namespace=\"{EXCLUDED}\"")), "an excluded namespace is counted:\n{text}");
     let note = eventually("a MissedInjection Event on deployment/late", WAIT, || {
         let selector = "involvedObject.kind=Deployment,involvedObject.name=late,reason=MissedInjection";
         let events = kubectl_json(&["get", "events", "-n", APPS, "--field-selector", selector]);
@@ -269,6 +282,7 @@ fn kubectl_sftp_logs_in_connects_rotates_and_reports_missed_pods_as_the_webhook_
     });
 
     drop(apps);
+    drop(excluded);
     release.uninstall();
     drop(system);
 }

@@ -1,12 +1,22 @@
 //! Which pods get the sidecar (PRODUCT.md "Selection").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::keys;
 
 const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// Namespaces the webhook never injects besides the system ones: its own, and those the operator
+/// listed (the chart's `webhook.excludeNamespaces`). The chart's webhook configuration leaves them
+/// out too, so admission never sees their pods; the missed-injection check must know them as well,
+/// or it would report every pod of a labelled excluded namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Excluded {
+    pub own: Option<String>,
+    pub listed: BTreeSet<String>,
+}
 
 /// Outcome of selection; `Skip` carries the reason for logs and metrics.
 #[derive(Debug, PartialEq, Eq)]
@@ -15,14 +25,16 @@ pub enum Selection {
     Skip(&'static str),
 }
 
-/// Whether the webhook injects the pod with metadata `pod` (created in `namespace`);
-/// `own_namespace` is the webhook's.
-pub fn select(namespace: &str, namespace_labels: &BTreeMap<String, String>, pod: &ObjectMeta, own_namespace: Option<&str>) -> Selection {
+/// Whether the webhook injects the pod with metadata `pod` (created in `namespace`).
+pub fn select(namespace: &str, namespace_labels: &BTreeMap<String, String>, pod: &ObjectMeta, excluded: &Excluded) -> Selection {
     if SYSTEM_NAMESPACES.contains(&namespace) {
         return Selection::Skip("system namespace");
     }
-    if own_namespace == Some(namespace) {
+    if excluded.own.as_deref() == Some(namespace) {
         return Selection::Skip("webhook namespace");
+    }
+    if excluded.listed.contains(namespace) {
+        return Selection::Skip("excluded namespace");
     }
     let annotations = pod.annotations.as_ref();
     if annotations.is_some_and(|a| a.contains_key(keys::STATUS)) {
@@ -42,9 +54,9 @@ pub fn select(namespace: &str, namespace_labels: &BTreeMap<String, String>, pod:
 /// to fix) lacks the sidecar although the rules select it: it was created while the webhook was
 /// unreachable (`failurePolicy: Ignore` let it through) and stays so until recreated. A
 /// terminating pod does not count.
-pub fn missed_injection(namespace_labels: &BTreeMap<String, String>, pod: &ObjectMeta, own_namespace: Option<&str>) -> bool {
+pub fn missed_injection(namespace_labels: &BTreeMap<String, String>, pod: &ObjectMeta, excluded: &Excluded) -> bool {
     let namespace = pod.namespace.as_deref().unwrap_or_default();
-    pod.deletion_timestamp.is_none() && select(namespace, namespace_labels, pod, own_namespace) == Selection::Inject
+    pod.deletion_timestamp.is_none() && select(namespace, namespace_labels, pod, excluded) == Selection::Inject
 }
 
 /// The command that recreates `pod` (whose topmost owner is `owner_kind`/`owner_name`) so the
@@ -72,9 +84,13 @@ mod tests {
         ObjectMeta { labels: Some(labels(pod_labels)), ..Default::default() }
     }
 
+    fn excluding(own: &str, listed: &[&str]) -> Excluded {
+        Excluded { own: Some(own.into()), listed: listed.iter().map(|n| n.to_string()).collect() }
+    }
+
     #[test]
     fn rules() {
-        let s = Some("podsftp");
+        let s = &excluding("podsftp", &["legacy"]);
         let enabled = labels(&[(keys::NAMESPACE_INJECTION, "enabled")]);
         let disabled = labels(&[(keys::NAMESPACE_INJECTION, "disabled")]);
         let none = labels(&[]);
@@ -85,6 +101,7 @@ mod tests {
         assert_eq!(select("shop", &disabled, &pod(&[("sftp", "enabled")]), s), Selection::Skip("namespace opted out"));
         assert_eq!(select("kube-system", &enabled, &pod(&[("sftp", "enabled")]), s), Selection::Skip("system namespace"));
         assert_eq!(select("podsftp", &none, &pod(&[("sftp", "enabled")]), s), Selection::Skip("webhook namespace"));
+        assert_eq!(select("legacy", &enabled, &pod(&[("sftp", "enabled")]), s), Selection::Skip("excluded namespace"));
     }
 
     #[test]
@@ -92,11 +109,12 @@ mod tests {
         let enabled = labels(&[(keys::NAMESPACE_INJECTION, "enabled")]);
         let in_namespace =
             |namespace: &str, pod_labels: &[(&str, &str)]| ObjectMeta { namespace: Some(namespace.into()), ..pod(pod_labels) };
-        let own = Some("podsftp");
+        let own = &excluding("podsftp", &["legacy"]);
         assert!(missed_injection(&enabled, &in_namespace("shop", &[]), own));
         assert!(!missed_injection(&enabled, &in_namespace("shop", &[(keys::POD_OPT, "disabled")]), own));
         assert!(!missed_injection(&labels(&[]), &in_namespace("shop", &[]), own));
         assert!(!missed_injection(&enabled, &in_namespace("podsftp", &[]), own), "the webhook's own namespace");
+        assert!(!missed_injection(&enabled, &in_namespace("legacy", &[]), own), "a namespace the operator excluded");
         let mut injected = in_namespace("shop", &[]);
         injected.annotations = Some(labels(&[(keys::STATUS, keys::STATUS_INJECTED)]));
         assert!(!missed_injection(&enabled, &injected, own));

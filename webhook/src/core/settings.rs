@@ -1,5 +1,7 @@
 //! What the patch is configured by (from the command line, resolved once at start).
 
+use super::selection::Excluded;
+
 /// Whether the sidecar is an init container with `restartPolicy: Always` (Kubernetes >= 1.29) or a
 /// regular container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,8 +27,8 @@ pub struct Settings {
     pub allow_ptrace: bool,
     /// `--log-format` handed to the sidecar.
     pub sidecar_log_format: String,
-    /// The webhook's own namespace: never injected.
-    pub own_namespace: Option<String>,
+    /// Namespaces never injected besides the system ones.
+    pub excluded: Excluded,
 }
 
 impl Settings {
@@ -44,7 +46,7 @@ impl Settings {
             },
             allow_ptrace: false,
             sidecar_log_format: "json".into(),
-            own_namespace: Some("podsftp".into()),
+            excluded: Excluded { own: Some("podsftp".into()), listed: Default::default() },
         }
     }
 }

@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use super::cluster::KubeCluster;
 use crate::admission::ClusterView;
-use crate::core::selection::{fix_command, missed_injection};
+use crate::core::selection::{Excluded, fix_command, missed_injection};
 use crate::core::{controller_of, keys};
 use crate::error_chain;
 use crate::metrics::Metrics;
@@ -29,8 +29,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(15);
 
 type PodMeta = PartialObjectMeta<Pod>;
 
-/// Watches and checks until the process ends; `own_namespace` is never injected.
-pub async fn run(cluster: Arc<KubeCluster>, metrics: Arc<Metrics>, own_namespace: Option<String>) {
+/// Watches and checks until the process ends; `excluded` namespaces are never injected.
+pub async fn run(cluster: Arc<KubeCluster>, metrics: Arc<Metrics>, excluded: Excluded) {
     let client = cluster.client().clone();
     // Finished pods have nothing left to fix; injected pods carry the owner label.
     let config =
@@ -52,7 +52,7 @@ pub async fn run(cluster: Arc<KubeCluster>, metrics: Arc<Metrics>, own_namespace
     let mut every = tokio::time::interval(CHECK_EVERY);
     loop {
         every.tick().await;
-        let missed = missed_pods(&cluster, &pods, own_namespace.as_deref()).await;
+        let missed = missed_pods(&cluster, &pods, &excluded).await;
         let mut now: BTreeMap<String, i64> = BTreeMap::new();
         for pod in &missed {
             *now.entry(pod.metadata.namespace.clone().unwrap_or_default()).or_default() += 1;
@@ -63,11 +63,11 @@ pub async fn run(cluster: Arc<KubeCluster>, metrics: Arc<Metrics>, own_namespace
     }
 }
 
-async fn missed_pods(cluster: &KubeCluster, pods: &Store<PodMeta>, own_namespace: Option<&str>) -> Vec<Arc<PodMeta>> {
+async fn missed_pods(cluster: &KubeCluster, pods: &Store<PodMeta>, excluded: &Excluded) -> Vec<Arc<PodMeta>> {
     let mut missed = Vec::new();
     for pod in pods.state() {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        if missed_injection(&cluster.namespace_labels(namespace).await, &pod.metadata, own_namespace) {
+        if missed_injection(&cluster.namespace_labels(namespace).await, &pod.metadata, excluded) {
             missed.push(pod);
         }
     }
