@@ -183,9 +183,14 @@ impl Root {
         rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(io_err)
     }
 
-    /// Renames; `replace` false gives SFTP v3 semantics (fail when the target exists).
+    /// Renames; `replace` false gives SFTP v3 semantics (fail when the target exists), and then
+    /// the source is looked up first, as OpenSSH's RENAME does: a file named with a trailing
+    /// slash is reported as such (the kernel would report the existing target first).
     pub fn rename(&self, from: &[u8], to: &[u8], replace: bool) -> io::Result<()> {
         let (from_dir, from_name) = self.entry(from).map_err(busy_for_directory)?;
+        if !replace {
+            self.lstat(from)?;
+        }
         let (to_dir, to_name) = self.entry(to)?;
         let flags = if replace { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
         rustix::fs::renameat_with(from_dir, from_name, to_dir, to_name, flags).map_err(io_err)
@@ -244,12 +249,15 @@ impl Root {
 
     /// The canonical absolute path of `path` inside the root, computed the way RESOLVE_IN_ROOT
     /// resolves it: `..` stops at the root and absolute symlink targets restart at the root.
-    /// A last component that does not exist is kept as written; a missing one before it is an
-    /// error, like OpenSSH's. Linear in the number of components: each is looked up once, in
+    /// A last component that does not exist is kept as written unless a slash follows it (a
+    /// trailing slash asks for a directory); a missing one before it is an error, like OpenSSH's.
+    /// Linear in the number of components: each is looked up once, in
     /// the directory reached so far.
     pub fn realpath(&self, path: &[u8]) -> io::Result<Vec<u8>> {
         let mut walk = Walk::at_root(self)?;
         let mut pending: Vec<Vec<u8>> = components(within_path_max(path)?).rev().map(<[u8]>::to_vec).collect();
+        // Whether a slash follows the last name (written, or ending the symlink that named it).
+        let mut slash_after_last = path.ends_with(b"/");
         let mut links = 0;
         while let Some(part) = pending.pop() {
             match part.as_slice() {
@@ -268,7 +276,7 @@ impl Root {
                 Ok(entry) => entry,
                 // A last name that does not exist yet (clients realpath names they will
                 // create) stands as written, as in OpenSSH.
-                Err(Errno::NOENT) if pending.is_empty() => {
+                Err(Errno::NOENT) if pending.is_empty() && !slash_after_last => {
                     walk.push(part, None)?;
                     continue;
                 }
@@ -284,6 +292,9 @@ impl Root {
                     let target = rustix::fs::readlinkat(&entry, c"", Vec::new())?.into_bytes();
                     if target.first() == Some(&b'/') {
                         walk = Walk::at_root(self)?;
+                    }
+                    if pending.is_empty() {
+                        slash_after_last |= target.ends_with(b"/");
                     }
                     pending.extend(components(&target).rev().map(<[u8]>::to_vec));
                 }
