@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use crate::login::{Endpoint, Login, LoginError, endpoint, node_address};
 use crate::rotate::{Rotation, rotated_entries};
-use crate::status::{MissedPod, OwnerStatus, Report, injected_owners, missed_pods, excluded_namespaces};
+use crate::status::{MissedPod, OwnerStatus, Report, excluded_namespaces, injected_owners, missed_pods};
 use crate::workload::{Kind, Workload};
 
 #[derive(Debug, thiserror::Error)]

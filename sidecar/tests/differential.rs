@@ -658,4 +658,3 @@ fn reads_writes_and_extensions_match() {
         p.step("rename with v5 flags", fxp::RENAME, &[&string(b"dir/file.txt"), &string(b"renamed"), &u32b(1)]);
     });
 }
-

@@ -232,10 +232,7 @@ fn already_injected_pod_gets_no_second_sidecar() {
     let settings = Settings::example();
     let web = owner("Deployment", "web");
     let once = inject(deployment_pod(), &enabled_namespace(), &web, &settings);
-    assert_eq!(
-        select("shop", &enabled_namespace(), &once.metadata, &settings.excluded),
-        Selection::Skip("already injected")
-    );
+    assert_eq!(select("shop", &enabled_namespace(), &once.metadata, &settings.excluded), Selection::Skip("already injected"));
     // Even without the status annotation, a pod carrying the sidecar is not patched twice.
     let mut stripped = once.clone();
     stripped.metadata.annotations = None;
@@ -246,16 +243,10 @@ fn already_injected_pod_gets_no_second_sidecar() {
 fn kube_system_and_opted_out_pods_are_untouched() {
     let settings = Settings::example();
     let pod: Pod = serde_json::from_value(deployment_pod()).unwrap();
-    assert_eq!(
-        select("kube-system", &enabled_namespace(), &pod.metadata, &settings.excluded),
-        Selection::Skip("system namespace")
-    );
+    assert_eq!(select("kube-system", &enabled_namespace(), &pod.metadata, &settings.excluded), Selection::Skip("system namespace"));
     let mut opted_out = pod.clone();
     opted_out.metadata.labels.get_or_insert_default().insert("sftp".into(), "disabled".into());
-    assert_eq!(
-        select("shop", &enabled_namespace(), &opted_out.metadata, &settings.excluded),
-        Selection::Skip("pod opted out")
-    );
+    assert_eq!(select("shop", &enabled_namespace(), &opted_out.metadata, &settings.excluded), Selection::Skip("pod opted out"));
 }
 
 #[test]
