@@ -60,7 +60,7 @@ pub struct Cluster {
 impl Cluster {
     pub async fn connect() -> Result<Cluster, ClusterError> {
         let client = Client::try_default().await.map_err(ClusterError::Connect)?;
-        let owners = KubeCluster::start(client.clone());
+        let owners = KubeCluster::unwatched(client.clone());
         Ok(Cluster { client, owners })
     }
 

@@ -200,7 +200,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let readiness = Readiness::new(certs.clone());
-    let cluster = KubeCluster::start(client);
+    let cluster = KubeCluster::start(client, metrics.clone());
     {
         let (cluster, readiness) = (cluster.clone(), readiness.clone());
         tokio::spawn(async move {

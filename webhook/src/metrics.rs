@@ -1,6 +1,6 @@
 //! Prometheus metrics: admissions by outcome, admission latency, reconciles and reconcile errors,
-//! pods that should have the sidecar but do not, by namespace, and the Kubernetes API requests the
-//! process sends, by verb and resource.
+//! pods that should have the sidecar but do not, by namespace, owner lookups by where they were
+//! answered, and the Kubernetes API requests the process sends, by verb and resource.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +23,28 @@ pub struct Metrics {
     reconcile_errors: Counter,
     missed_injections: Family<Vec<(&'static str, String)>, Gauge>,
     api_requests: Family<RequestLabels, Counter>,
+    owner_lookups: Family<Labels, Counter>,
+}
+
+/// Where one link of an owner chain was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerSource {
+    /// The metadata watch caches of the built-in controller kinds.
+    Watch,
+    /// A chain read from the API earlier.
+    ChainCache,
+    /// A GET: a kind without a watch cache (CRDs), or an owner its cache had not seen (yet).
+    Api,
+}
+
+impl OwnerSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            OwnerSource::Watch => "watch",
+            OwnerSource::ChainCache => "chain_cache",
+            OwnerSource::Api => "api",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -44,7 +66,14 @@ impl Default for Metrics {
         );
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register("api_requests", "Kubernetes API requests sent, by verb and resource", api_requests.clone());
-        Metrics { registry, admissions, admission_seconds, reconciles, reconcile_errors, missed_injections, api_requests }
+        let owner_lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            "owner_lookups",
+            "Owner chain links resolved (admission and controller), by source: watch (cache of the built-in controller kinds), \
+             chain_cache (read from the API before) or api (a GET: other kinds, or an owner not yet seen by its watch)",
+            owner_lookups.clone(),
+        );
+        Metrics { registry, admissions, admission_seconds, reconciles, reconcile_errors, missed_injections, api_requests, owner_lookups }
     }
 }
 
@@ -70,6 +99,10 @@ impl Metrics {
         for namespace in before.keys().filter(|n| !now.contains_key(*n)) {
             self.missed_injections.remove(&vec![("namespace", namespace.clone())]);
         }
+    }
+
+    pub fn owner_lookup(&self, source: OwnerSource) {
+        self.owner_lookups.get_or_create(&vec![("source", source.as_str())]).inc();
     }
 
     /// Counts one Kubernetes API request (`method` and `path_and_query` of its URL).

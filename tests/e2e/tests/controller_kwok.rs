@@ -2,7 +2,10 @@
 //! Deployments run on fake nodes of the real control plane; every owner gets its Secret and Service,
 //! one reconcile per owner rather than per pod, and a deleted Service and a deleted Secret come back
 //! within seconds, from the watch (the controller before issue 14 repaired them only at its 10-minute
-//! resync). The 10,000-pod run is `bench/controller`, not a test.
+//! resync). The owner chains (ReplicaSet -> Deployment) come from the webhook's watch caches: no
+//! ReplicaSet is read by name, and a Deployment only once, for its pod template's settings (before
+//! issue 14 admission read both for the first pod of every ReplicaSet). The 10,000-pod run is
+//! `bench/controller`, not a test.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,9 @@ const REPLICAS: usize = 2;
 const REPAIR: Duration = Duration::from_secs(15);
 const WAIT: Duration = Duration::from_secs(120);
 const RECONCILES: &str = "podsftp_webhook_reconciles_total";
+const REPLICASET_GETS: &str = r#"podsftp_webhook_api_requests_total{verb="get",resource="replicasets"}"#;
+const DEPLOYMENT_GETS: &str = r#"podsftp_webhook_api_requests_total{verb="get",resource="deployments"}"#;
+const OWNER_LOOKUPS_FROM_API: &str = r#"podsftp_webhook_owner_lookups_total{source="api"}"#;
 
 /// A Deployment whose pods go to kwok's fake nodes (and nowhere else).
 fn fake_deployment(namespace: &str, name: &str) -> Value {
@@ -70,6 +76,11 @@ fn owners_on_fake_nodes_get_their_login_and_deleted_objects_come_back_within_sec
         })
     };
     let reconciles_before = settled();
+    let gets = || {
+        let metrics = webhook.metrics_text();
+        [REPLICASET_GETS, DEPLOYMENT_GETS, OWNER_LOOKUPS_FROM_API].map(|series| metric_value(&metrics, series))
+    };
+    let gets_before = gets();
 
     let owners: Vec<String> = (0..OWNERS).map(|i| format!("app-{i:02}")).collect();
     let list =
@@ -93,6 +104,15 @@ fn owners_on_fake_nodes_get_their_login_and_deleted_objects_come_back_within_sec
         assert_eq!(service["metadata"]["ownerReferences"][0]["name"], owner.as_str(), "{service}");
     }
     let reconciles = settled() - reconciles_before;
+    let gets_after = gets();
+    let [replicasets, deployments, from_api] = [0, 1, 2].map(|i| gets_after[i] - gets_before[i]);
+    eprintln!("GETs during the storm: {replicasets} ReplicaSets, {deployments} Deployments; owner lookups from the API: {from_api}");
+    assert_eq!(
+        (replicasets, from_api),
+        (0.0, 0.0),
+        "owner chains must come from the watch caches, not GETs (admission of each ReplicaSet's first pod)"
+    );
+    assert!(deployments <= OWNERS as f64, "{deployments} GETs of {OWNERS} Deployments: one per owner (its template), none for chains");
 
     let service_back = deleted_and_back("service", "app-07-sftp", &ns.name, &webhook);
     let secret_back = deleted_and_back("secret", "app-13-sftp", &ns.name, &webhook);

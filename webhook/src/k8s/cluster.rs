@@ -1,11 +1,15 @@
 //! The cluster as admission and the controller see it: namespace labels from a reflector, and
-//! owner chains resolved through the dynamic API. Every fetched owner must have the uid the
-//! reference claims (and live in the pod's namespace when the kind is namespaced); the cache is
-//! keyed by (namespace, uid), so a reference in one namespace can never decide what another
-//! namespace's pods resolve to. Ownership chains do not change in practice, so only the first pod
-//! of a new ReplicaSet or Job costs API calls; an owner's pod template annotations are cached per
-//! revision of the pods (a new template makes new pods of a new revision). Both caches are bounded
-//! in size and age, so churn does not grow them.
+//! owner chains resolved from metadata-only watch caches of the built-in controller kinds
+//! (`owner_stores`), or through the dynamic API for other kinds (and for an owner a cache has not
+//! seen). Every owner, cached or fetched, must have the uid the reference claims (and live in the
+//! pod's namespace when the kind is namespaced); the chain cache of fetched owners is keyed by
+//! (namespace, uid), so a reference in one namespace can never decide what another namespace's
+//! pods resolve to. Ownership chains do not change in practice, so a fetched chain is kept; an
+//! owner's pod template annotations are cached per revision of the pods (a new template makes new
+//! pods of a new revision). Both caches are bounded in size and age, so churn does not grow them.
+//!
+//! The plugin, a one-shot command, uses [`KubeCluster::unwatched`]: no watches, every lookup read
+//! from the API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,21 +17,23 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, discovery};
 
+use super::owner_stores::OwnerStores;
 use crate::admission::ClusterView;
 use crate::core::bounded::BoundedCache;
 use crate::core::claim::VerifiedOwner;
 use crate::core::{Owner, controller_of};
+use crate::metrics::{Metrics, OwnerSource};
 
 /// Owner chains longer than this are cut (and treated as unresolved).
 const MAX_OWNER_DEPTH: usize = 8;
-/// Entries of each owner cache: a cluster of 10,000 pods of 1,000 Deployments needs ~2,000 chains
-/// (ReplicaSet and Deployment) and ~1,000 settings.
+/// Entries of each owner cache: owner chains of kinds without a watch cache (CRDs) and ~1,000
+/// settings for a cluster of 10,000 pods of 1,000 Deployments.
 const OWNER_CACHE_LIMIT: usize = 20_000;
 /// Deleted owners leave their entries behind; they go after this long at the latest.
 const OWNER_CACHE_TTL: Duration = Duration::from_secs(3600);
@@ -60,10 +66,19 @@ type Chain = Vec<VerifiedOwner>;
 /// annotations (`None`: the owner kind has no pod template).
 type SettingsKey = (String, String, String);
 
+/// The webhook's watch caches.
+struct Watches {
+    namespaces: Store<Namespace>,
+    owners: OwnerStores,
+    /// Counts where owner lookups were answered from.
+    metrics: Arc<Metrics>,
+}
+
 pub struct KubeCluster {
     client: Client,
-    namespaces: Store<Namespace>,
-    /// (namespace of the pod, uid of an owner) → that owner's chain.
+    /// `None` for [`KubeCluster::unwatched`].
+    watches: Option<Watches>,
+    /// (namespace of the pod, uid of an owner) → that owner's chain, for owners read from the API.
     owners: Mutex<BoundedCache<(String, String), Chain>>,
     settings: Mutex<BoundedCache<SettingsKey, Option<BTreeMap<String, String>>>>,
     /// Discovered kinds: a handful per cluster, never expire.
@@ -71,8 +86,9 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
-    /// Starts the namespace reflector; `ready()` resolves once it has listed every namespace.
-    pub fn start(client: Client) -> Arc<Self> {
+    /// Starts the namespace reflector and the owner watch caches; `ready()` resolves once the
+    /// namespaces are listed (until the owner caches are, owners are read from the API).
+    pub fn start(client: Client, metrics: Arc<Metrics>) -> Arc<Self> {
         let (reader, writer) = reflector::store();
         let stream = reflector::reflector(writer, watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()))
             .default_backoff()
@@ -82,9 +98,19 @@ impl KubeCluster {
                 tracing::warn!(%error, "namespace watch error");
             }
         }));
+        let owners = OwnerStores::start(&client);
+        Self::with(client, Some(Watches { namespaces: reader, owners, metrics }))
+    }
+
+    /// Without watch caches: namespaces and owners are read from the API when asked.
+    pub fn unwatched(client: Client) -> Arc<Self> {
+        Self::with(client, None)
+    }
+
+    fn with(client: Client, watches: Option<Watches>) -> Arc<Self> {
         Arc::new(KubeCluster {
             client,
-            namespaces: reader,
+            watches,
             owners: Mutex::new(BoundedCache::new(OWNER_CACHE_LIMIT, OWNER_CACHE_TTL)),
             settings: Mutex::new(BoundedCache::new(OWNER_CACHE_LIMIT, OWNER_CACHE_TTL)),
             kinds: Mutex::default(),
@@ -92,7 +118,21 @@ impl KubeCluster {
     }
 
     pub async fn ready(&self) {
-        let _ = self.namespaces.wait_until_ready().await;
+        if let Some(watches) = &self.watches {
+            let _ = watches.namespaces.wait_until_ready().await;
+        }
+    }
+
+    fn count(&self, source: OwnerSource) {
+        if let Some(watches) = &self.watches {
+            watches.metrics.owner_lookup(source);
+        }
+    }
+
+    /// The metadata of the owner `reference` names, from a watch cache (same name, uid and
+    /// namespace as the reference claims), if one holds it.
+    async fn cached_owner(&self, namespace: &str, reference: &OwnerReference) -> Option<ObjectMeta> {
+        self.watches.as_ref()?.owners.find(namespace, reference).await
     }
 
     pub fn client(&self) -> &Client {
@@ -153,31 +193,48 @@ impl KubeCluster {
     /// topmost owner; every link verified.
     pub async fn chain(&self, namespace: &str, controller: &OwnerReference) -> Result<Chain, ResolveError> {
         let mut current = controller.clone();
-        let mut fetched: Chain = Vec::new();
+        let mut resolved: Chain = Vec::new();
+        // Positions in `resolved` of the links read from the API: their chains are cached.
+        let mut fetched = Vec::new();
         let chain = loop {
             let key = (namespace.to_string(), current.uid.clone());
             if let Some(cached) = self.owners.lock().unwrap_or_else(PoisonError::into_inner).get(&key, Instant::now()) {
-                break fetched.iter().cloned().chain(cached.iter().cloned()).collect::<Chain>();
+                self.count(OwnerSource::ChainCache);
+                break resolved.iter().cloned().chain(cached.iter().cloned()).collect::<Chain>();
             }
-            if fetched.len() == MAX_OWNER_DEPTH {
+            if resolved.len() == MAX_OWNER_DEPTH {
                 return Err(ResolveError::TooLong);
             }
-            let (object, namespaced) = self.fetch(namespace, &current).await?;
-            fetched.push(VerifiedOwner {
+            let (metadata, namespaced) = match self.cached_owner(namespace, &current).await {
+                Some(metadata) => {
+                    self.count(OwnerSource::Watch);
+                    // Only namespaced kinds are watched.
+                    (metadata, true)
+                }
+                None => {
+                    self.count(OwnerSource::Api);
+                    fetched.push(resolved.len());
+                    let (object, namespaced) = self.fetch(namespace, &current).await?;
+                    (object.metadata, namespaced)
+                }
+            };
+            resolved.push(VerifiedOwner {
                 owner: Owner { api_version: current.api_version.clone(), kind: current.kind.clone(), name: current.name.clone() },
                 object_name: current.name.clone(),
                 uid: current.uid.clone(),
                 namespaced,
             });
-            match controller_of(&object.metadata) {
+            match controller_of(&metadata) {
                 Some(next) => current = next.clone(),
-                None => break fetched.clone(),
+                None => break resolved,
             }
         };
         let mut cache = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        for (index, link) in fetched.iter().enumerate() {
-            cache.insert((namespace.to_string(), link.uid.clone()), chain.get(index..).unwrap_or_default().to_vec(), now);
+        for index in fetched {
+            if let (Some(link), Some(rest)) = (chain.get(index), chain.get(index..)) {
+                cache.insert((namespace.to_string(), link.uid.clone()), rest.to_vec(), now);
+            }
         }
         Ok(chain)
     }
@@ -220,10 +277,10 @@ impl ClusterView for KubeCluster {
     type Error = ResolveError;
 
     async fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
-        if let Some(cached) = self.namespaces.get(&ObjectRef::new(namespace)) {
+        if let Some(cached) = self.watches.as_ref().and_then(|watches| watches.namespaces.get(&ObjectRef::new(namespace))) {
             return cached.metadata.labels.clone().unwrap_or_default();
         }
-        // Created a moment ago and not yet seen by the reflector.
+        // Created a moment ago and not yet seen by the reflector (or not watched).
         let api: Api<Namespace> = Api::all(self.client.clone());
         match tokio::time::timeout(NAMESPACE_GET_TIMEOUT, api.get_opt(namespace)).await {
             Ok(Ok(Some(found))) => found.metadata.labels.unwrap_or_default(),
