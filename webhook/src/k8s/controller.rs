@@ -111,7 +111,7 @@ struct Written {
 pub struct Caches {
     context: Arc<Context>,
     /// Injected pods (label `podsftp.io/owner`), metadata only.
-    pub pods: Store<PodMeta>,
+    pods: Store<PodMeta>,
     secrets: Store<SecretMeta>,
     services: Store<Service>,
     groups: Mutex<OwnerGroups>,
