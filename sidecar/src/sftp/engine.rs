@@ -18,14 +18,15 @@
 //! of growing memory.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::{self, Scope};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::codec::{self, Packet, Request, Response, StatusCode};
+use super::framing::{Framer, Source};
 use super::requests::{self, Kind, Lane};
 use super::tally;
 
@@ -37,8 +38,6 @@ pub const MAX_HANDLES: usize = 512;
 const MAX_THREADS: usize = 8;
 /// Requests need little stack: paths are resolved by the kernel, buffers live on the heap.
 const THREAD_STACK: usize = 256 * 1024;
-/// Requests are small; buffering saves a read per request (large WRITEs bypass the buffer).
-const INPUT_BUFFER: usize = 64 * 1024;
 
 /// Why a session ended early; logged with Display only, so each message carries its cause's text
 /// and the cause is not also a `source()` (a chain would print it twice).
@@ -149,7 +148,7 @@ impl<O> Work<O> {
 }
 
 struct Input<R> {
-    reader: BufReader<R>,
+    reader: Framer<R>,
     /// Set when the stream ended; holds why if it ended badly.
     ended: Option<Result<(), SessionError>>,
 }
@@ -196,7 +195,7 @@ pub fn status(id: u32, code: StatusCode, message: impl Into<String>) -> Response
 
 /// Serves one SFTP session until the client closes the stream or sends something malformed.
 /// Blocks the calling thread, which becomes the session's first thread.
-pub fn serve<O: Operations, R: Read + Send, W: Write + Send>(ops: O, input: R, output: W) -> Result<(), SessionError> {
+pub fn serve<O: Operations, R: Source, W: Write + Send>(ops: O, input: R, output: W) -> Result<(), SessionError> {
     let session = Session {
         ops,
         state: Mutex::new(State {
@@ -207,7 +206,7 @@ pub fn serve<O: Operations, R: Read + Send, W: Write + Send>(ops: O, input: R, o
             paths_busy: false,
             paths_queue: VecDeque::new(),
         }),
-        input: Mutex::new(Input { reader: BufReader::with_capacity(INPUT_BUFFER, input), ended: None }),
+        input: Mutex::new(Input { reader: Framer::new(input), ended: None }),
         output: Mutex::new(Output { writer: output, failed: false }),
         budget: Budget::default(),
         waiting_readers: AtomicUsize::new(0),
@@ -228,10 +227,10 @@ pub fn serve<O: Operations, R: Read + Send, W: Write + Send>(ops: O, input: R, o
     ended.unwrap_or(Ok(()))
 }
 
-impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
+impl<R: Source, W: Write + Send, O: Operations> Session<R, W, O> {
     fn handshake(&self) -> Result<(), SessionError> {
         let mut input = lock(&self.input);
-        let Some(first) = read_packet(&mut input.reader)? else {
+        let Some(first) = input.reader.next_packet()? else {
             input.ended = Some(Ok(()));
             return Ok(());
         };
@@ -289,9 +288,9 @@ impl<R: Read + Send, W: Write + Send, O: Operations> Session<R, W, O> {
     }
 
     /// The next request that needs a lane; requests answered on the spot are answered here.
-    fn read_job(&self, reader: &mut BufReader<R>) -> Result<Option<Job>, SessionError> {
+    fn read_job(&self, reader: &mut Framer<R>) -> Result<Option<Job>, SessionError> {
         loop {
-            let Some(body) = read_packet(reader)? else { return Ok(None) };
+            let Some(body) = reader.next_packet()? else { return Ok(None) };
             let (id, request) = match codec::decode(&body)? {
                 // OpenSSH answers a repeated INIT with VERSION again.
                 Packet::Init { .. } => {
@@ -524,27 +523,12 @@ fn write_all_vectored(writer: &mut impl Write, header: &[u8], payload: &[u8]) ->
     writer.flush()
 }
 
-fn read_packet(input: &mut impl Read) -> Result<Option<Bytes>, SessionError> {
-    let mut len = [0u8; 4];
-    match input.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len);
-    if len > codec::MAX_INCOMING_PACKET {
-        return Err(SessionError::Oversized(len));
-    }
-    let mut body = BytesMut::zeroed(len as usize);
-    input.read_exact(&mut body).map_err(|e| if e.kind() == io::ErrorKind::UnexpectedEof { SessionError::Truncated } else { e.into() })?;
-    Ok(Some(body.freeze()))
-}
-
 #[cfg(test)]
 mod tests {
     //! The engine over a socket pair, with operations that block on a gate where a test needs
     //! a request to stay in flight.
     use std::collections::HashSet;
+    use std::io::Read;
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;

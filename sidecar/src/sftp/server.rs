@@ -7,13 +7,14 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
-use bytes::BytesMut;
+use rustix::buffer::spare_capacity;
 use rustix::fs::{AtFlags, Dir, OFlags};
 
 use super::accounts::Accounts;
 use super::codec::{self, Attrs, NameEntry, Request, Response, StatVfs, StatusCode, pflags};
 pub use super::engine::SessionError;
 use super::engine::{self, MAX_HANDLES, Operations, Outcome, status};
+use super::framing::Source;
 use super::listing;
 use super::requests;
 use crate::confined::{self, Metadata, Root};
@@ -40,7 +41,7 @@ pub struct Options {
 
 /// Serves one SFTP session on `input`/`output` until the client closes the stream or sends
 /// something malformed. Blocks the calling thread.
-pub fn serve<R: io::Read + Send, W: io::Write + Send>(root: Root, options: Options, input: R, output: W) -> Result<(), SessionError> {
+pub fn serve<R: Source, W: io::Write + Send>(root: Root, options: Options, input: R, output: W) -> Result<(), SessionError> {
     engine::serve(Server { root, options }, input, output)
 }
 
@@ -172,13 +173,16 @@ impl Operations for Server {
             (_, None, Request::Close { .. }) => ok(id),
             (Object::File { file, .. }, None, Request::Read { offset, len, .. }) => {
                 let len = len.min(codec::MAX_IO) as usize;
-                let mut buf = BytesMut::zeroed(len);
-                match file.read_at(&mut buf, offset) {
+                // Read into memory that is not zeroed first; a READ of 0 bytes still asks the
+                // kernel (a handle not open for reading fails), as OpenSSH's sftp-server does.
+                let mut buf = Vec::with_capacity(len);
+                let read = match len {
+                    0 => rustix::io::pread(&*file, &mut [0u8; 0], offset),
+                    _ => rustix::io::pread(&*file, spare_capacity(&mut buf), offset),
+                };
+                match read.map_err(io::Error::from) {
                     Ok(0) if len > 0 => status(id, StatusCode::Eof, "End of file"),
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Response::Data { id, data: buf.freeze() }
-                    }
+                    Ok(_) => Response::Data { id, data: buf.into() },
                     Err(e) => error_status(id, &e),
                 }
             }
