@@ -39,6 +39,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::cluster::{KubeCluster, ResolveError};
+use super::without_managed_fields;
 use crate::core::bounded::BoundedCache;
 use crate::core::claim::{self, VerifiedOwner};
 use crate::core::credentials::{CredentialsError, LoginRequest, missing_entries};
@@ -171,16 +172,14 @@ pub async fn run(context: Arc<Context>) {
     let (queue, requests) = mpsc::unbounded();
 
     // `Api<PartialObjectMeta<_>>`: metadata-only lists and watches.
-    let pod_events = watcher(Api::<PodMeta>::all(client.clone()), watcher::Config::default().labels(keys::OWNER_LABEL))
-        .default_backoff()
-        .reflect(pod_writer);
+    let pod_events = watcher(Api::<PodMeta>::all(client.clone()), watcher::Config::default().labels(keys::OWNER_LABEL)).default_backoff();
+    let pod_events = without_managed_fields(pod_events).reflect(pod_writer);
     tokio::spawn(file_pods(pod_events, caches.clone(), queue.clone()));
-    let secret_events = watcher(Api::<SecretMeta>::all(client.clone()), watcher::Config::default().labels(&managed))
-        .default_backoff()
-        .reflect(secret_writer);
+    let secret_events = watcher(Api::<SecretMeta>::all(client.clone()), watcher::Config::default().labels(&managed)).default_backoff();
+    let secret_events = without_managed_fields(secret_events).reflect(secret_writer);
     tokio::spawn(requeue_owners(secret_events, caches.clone(), queue.clone(), "Secret"));
-    let service_events =
-        watcher(Api::<Service>::all(client), watcher::Config::default().labels(&managed)).default_backoff().reflect(service_writer);
+    let service_events = watcher(Api::<Service>::all(client), watcher::Config::default().labels(&managed)).default_backoff();
+    let service_events = without_managed_fields(service_events).reflect(service_writer);
     tokio::spawn(requeue_owners(service_events, caches.clone(), queue.clone(), "Service"));
 
     // Before the first reconcile: what exists already, so nothing is created twice.

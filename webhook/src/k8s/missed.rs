@@ -18,6 +18,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::cluster::KubeCluster;
+use super::without_managed_fields;
 use crate::admission::ClusterView;
 use crate::core::selection::{Excluded, fix_command, missed_injection};
 use crate::core::{controller_of, keys};
@@ -36,7 +37,9 @@ pub async fn run(cluster: Arc<KubeCluster>, metrics: Arc<Metrics>, excluded: Exc
     let config =
         watcher::Config::default().labels(&format!("!{}", keys::OWNER_LABEL)).fields("status.phase!=Succeeded,status.phase!=Failed");
     let (pods, writer) = reflector::store::<PodMeta>();
-    let watch = reflector::reflector(writer, watcher(Api::<PodMeta>::all(client.clone()), config)).default_backoff().touched_objects();
+    let watch = reflector::reflector(writer, without_managed_fields(watcher(Api::<PodMeta>::all(client.clone()), config)))
+        .default_backoff()
+        .touched_objects();
     tokio::spawn(watch.for_each(|event| async move {
         if let Err(error) = event {
             tracing::warn!(error = %error_chain(&error), "watch error (pods without the sidecar)");
