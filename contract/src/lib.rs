@@ -22,6 +22,9 @@ pub mod keys {
     pub const SERVICE_PORT: &str = "podsftp.io/service-port";
     pub const LOAD_BALANCER_SOURCE_RANGES: &str = "podsftp.io/load-balancer-source-ranges";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Webhook-written on its Services: digest of the Service podsftp applies, so a cached Service
+    /// shows whether it is as desired (a field podsftp no longer sets changes the digest).
+    pub const APPLIED: &str = "podsftp.io/applied";
     pub const MANAGED_BY_VALUE: &str = "podsftp";
     pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 }

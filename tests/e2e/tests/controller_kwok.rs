@@ -4,7 +4,8 @@
 //! within seconds, from the watch (the controller before issue 14 repaired them only at its 10-minute
 //! resync). The owner chains (ReplicaSet -> Deployment) come from the webhook's watch caches: no
 //! ReplicaSet is read by name, and a Deployment only once, for its pod template's settings (before
-//! issue 14 admission read both for the first pod of every ReplicaSet). The 10,000-pod run is
+//! issue 14 admission read both for the first pod of every ReplicaSet). A restarted webhook applies
+//! none of the Services again (its caches show them as desired). The 10,000-pod run is
 //! `bench/controller`, not a test.
 
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ const REPLICAS: usize = 2;
 const REPAIR: Duration = Duration::from_secs(15);
 const WAIT: Duration = Duration::from_secs(120);
 const RECONCILES: &str = "podsftp_webhook_reconciles_total";
+const SERVICE_APPLIES: &str = r#"podsftp_webhook_api_requests_total{verb="patch",resource="services"}"#;
 const REPLICASET_GETS: &str = r#"podsftp_webhook_api_requests_total{verb="get",resource="replicasets"}"#;
 const DEPLOYMENT_GETS: &str = r#"podsftp_webhook_api_requests_total{verb="get",resource="deployments"}"#;
 const OWNER_LOOKUPS_FROM_API: &str = r#"podsftp_webhook_owner_lookups_total{source="api"}"#;
@@ -57,25 +59,28 @@ fn deleted_and_back(kind: &str, name: &str, namespace: &str, webhook: &HostWebho
     deleted.elapsed()
 }
 
+/// The reconcile count once it stopped moving for 2 s (injected pods of other tests' namespaces may
+/// still be going; they are not this test's).
+fn settled(webhook: &HostWebhook) -> f64 {
+    let mut last = metric_value(&webhook.metrics_text(), RECONCILES);
+    eventually("the controller to settle", WAIT, || {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = metric_value(&webhook.metrics_text(), RECONCILES);
+        let previous = std::mem::replace(&mut last, now);
+        if now == previous { Ok(now) } else { Err(format!("{previous} -> {now}")) }
+    })
+}
+
 #[test]
 fn owners_on_fake_nodes_get_their_login_and_deleted_objects_come_back_within_seconds() {
     require_cluster();
     let kwok = repo_root().join("tests/cluster/kwok");
     run(kwok.to_str().expect("utf-8 path"), &["2"]);
     let ns = TestNamespace::create("kwok-owners", &[("podsftp.io/injection", "enabled")]);
-    let webhook = HostWebhook::start("podsftp-e2e-webhook", Tls::GeneratedFiles, &["--service-type", "ClusterIP"]);
+    let args = ["--service-type", "ClusterIP"];
+    let mut webhook = HostWebhook::start("podsftp-e2e-webhook", Tls::GeneratedFiles, &args);
     let _registration = Registration::create("kwok-owners", &webhook.url(), webhook.ca_pem.as_deref(), "Fail", &[&ns.name]);
-    // Injected pods of other tests' namespaces may still be going; they are not this test's.
-    let settled = || {
-        let mut last = metric_value(&webhook.metrics_text(), RECONCILES);
-        eventually("the controller to settle", WAIT, || {
-            std::thread::sleep(Duration::from_secs(2));
-            let now = metric_value(&webhook.metrics_text(), RECONCILES);
-            let previous = std::mem::replace(&mut last, now);
-            if now == previous { Ok(now) } else { Err(format!("{previous} -> {now}")) }
-        })
-    };
-    let reconciles_before = settled();
+    let reconciles_before = settled(&webhook);
     let gets = || {
         let metrics = webhook.metrics_text();
         [REPLICASET_GETS, DEPLOYMENT_GETS, OWNER_LOOKUPS_FROM_API].map(|series| metric_value(&metrics, series))
@@ -103,7 +108,7 @@ fn owners_on_fake_nodes_get_their_login_and_deleted_objects_come_back_within_sec
         let service = kubectl_json(&["get", "service", &format!("{owner}-sftp"), "-n", &ns.name]);
         assert_eq!(service["metadata"]["ownerReferences"][0]["name"], owner.as_str(), "{service}");
     }
-    let reconciles = settled() - reconciles_before;
+    let reconciles = settled(&webhook) - reconciles_before;
     let gets_after = gets();
     let [replicasets, deployments, from_api] = [0, 1, 2].map(|i| gets_after[i] - gets_before[i]);
     eprintln!("GETs during the storm: {replicasets} ReplicaSets, {deployments} Deployments; owner lookups from the API: {from_api}");
@@ -122,4 +127,14 @@ fn owners_on_fake_nodes_get_their_login_and_deleted_objects_come_back_within_sec
         "{reconciles} reconciles for {OWNERS} owners of {} pods: one per owner, not per pod or status update",
         OWNERS * REPLICAS
     );
+
+    // A restart empties whatever the process remembered of its writes; the caches alone must show
+    // that every Service is as desired (the controller before this check applied all 50 again).
+    webhook.stop();
+    let restarted = HostWebhook::start("podsftp-e2e-webhook", Tls::GeneratedFiles, &args);
+    let reconciled = settled(&restarted);
+    let applied = metric_value(&restarted.metrics_text(), SERVICE_APPLIES);
+    eprintln!("after the restart: {reconciled} reconciles, {applied} Service applies");
+    assert!(reconciled >= OWNERS as f64, "{reconciled} reconciles: the restarted controller did not look at every owner");
+    assert_eq!(applied, 0.0, "Services applied again after a restart although none changed:\n{}", restarted.log_text());
 }

@@ -13,14 +13,14 @@
 //! its Services (label `app.kubernetes.io/managed-by=podsftp`). Pods are grouped per owner and
 //! template (`core::groups`), and one representative pod per group is queued, so 50 replicas are
 //! one reconcile and status updates none. A changed or deleted Secret or Service queues its owner's
-//! groups, so it is repaired within seconds. A reconcile that finds both objects as it last left
-//! them makes no request; a Service is applied without reading it first, a Secret is read only when
-//! it changed since podsftp last saw it complete.
+//! groups, so it is repaired within seconds. A reconcile that finds both objects as desired makes
+//! no request: a Service is applied (without reading it first) only when the cached one lacks
+//! something of the desired one, so a restart or a second replica applies nothing that is already
+//! there; a Secret is read only when it changed since this process last saw it complete.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, applier, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::cluster::{KubeCluster, ResolveError};
 use super::without_managed_fields;
@@ -104,15 +105,13 @@ impl Context {
 struct Written {
     uid: String,
     resource_version: String,
-    /// Hash of the desired object (0 for a Secret, whose existing values are never changed).
-    desired: u64,
 }
 
 /// The watch caches and what the reconciles share.
 pub struct Caches {
     context: Arc<Context>,
     /// Injected pods (label `podsftp.io/owner`), metadata only.
-    pods: Store<PodMeta>,
+    pub pods: Store<PodMeta>,
     secrets: Store<SecretMeta>,
     services: Store<Service>,
     groups: Mutex<OwnerGroups>,
@@ -566,7 +565,7 @@ async fn ensure_secret(target: &OwnerTarget, caches: &Caches) -> Result<Outcome,
             };
             match api.create(&PostParams::default(), &secret).await {
                 Ok(created) => {
-                    caches.remember(key, written(&created.metadata, 0));
+                    caches.remember(key, written(&created.metadata));
                     return Ok(Outcome::Created);
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => api.get(&name).await?,
@@ -586,12 +585,12 @@ async fn ensure_secret(target: &OwnerTarget, caches: &Caches) -> Result<Outcome,
         let patch = json!({"metadata": {"resourceVersion": existing.resource_version()}, "data": data});
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?.metadata
     };
-    caches.remember(key, written(&complete, 0));
+    caches.remember(key, written(&complete));
     Ok(Outcome::Kept)
 }
 
-fn written(meta: &ObjectMeta, desired: u64) -> Written {
-    Written { uid: meta.uid.clone().unwrap_or_default(), resource_version: meta.resource_version.clone().unwrap_or_default(), desired }
+fn written(meta: &ObjectMeta) -> Written {
+    Written { uid: meta.uid.clone().unwrap_or_default(), resource_version: meta.resource_version.clone().unwrap_or_default() }
 }
 
 /// Whether a `podsftp.io/load-balancer-source-ranges` entry is not a CIDR (Kubernetes' own rule).
@@ -609,7 +608,7 @@ fn invalid_cidr(range: &str) -> bool {
 /// for something the Service cannot be (never applied half-way: dropping invalid source ranges
 /// would open the Service to every address).
 fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, InvalidSourceRange> {
-    Ok(json!({
+    let mut desired = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {
             "name": names::service_name(&target.stem), "namespace": target.namespace,
@@ -617,7 +616,32 @@ fn desired_service(target: &OwnerTarget, default_type: &str) -> Result<Value, In
             "ownerReferences": [target.reference()],
         },
         "spec": service_spec(&target.settings, default_type, &target.owner_label)?,
-    }))
+    });
+    desired["metadata"]["annotations"] = json!({keys::APPLIED: fingerprint(&desired)});
+    Ok(desired)
+}
+
+/// A stable digest of an object (16 hex digits of SHA-256 of its JSON): the same in every replica
+/// and across restarts.
+fn fingerprint(object: &Value) -> String {
+    let digest = Sha256::digest(object.to_string().as_bytes());
+    digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Whether `actual` already has every field of `desired` with the same value, i.e. a server-side
+/// apply of `desired` would change nothing podsftp owns. Fields others (or the apiserver's
+/// defaults) added are ignored; lists must match element by element. A field podsftp applied
+/// before and no longer wants is caught by the fingerprint annotation, which then differs.
+fn contains(actual: &Value, desired: &Value) -> bool {
+    match (actual, desired) {
+        (Value::Object(actual), Value::Object(desired)) => {
+            desired.iter().all(|(key, value)| actual.get(key).is_some_and(|have| contains(have, value)))
+        }
+        (Value::Array(actual), Value::Array(desired)) => {
+            actual.len() == desired.len() && actual.iter().zip(desired).all(|(have, want)| contains(have, want))
+        }
+        _ => actual == desired,
+    }
 }
 
 /// A `loadBalancerSourceRanges` entry the Service cannot have (shown cut to 64 characters).
@@ -661,10 +685,10 @@ fn service_spec(settings: &BTreeMap<String, String>, default_type: &str, owner_l
     Ok(spec)
 }
 
-/// Server-side applies the Service when it is missing or podsftp's own for this owner, unless it
-/// is exactly as podsftp last applied it (same resourceVersion, same desired object). The cache
-/// says whose it is; only a name missing from it (podsftp's not created yet, or deleted, or someone
-/// else's) is read once. The apply is not forced: should a same-named Service appear meanwhile,
+/// Server-side applies the Service when it is missing or podsftp's own for this owner, unless the
+/// cached one already is as desired (so neither a restart nor another replica re-applies what is
+/// there). The cache says whose it is; only a name missing from it (podsftp's not created yet, or
+/// deleted, or someone else's) is read once. The apply is not forced: should a same-named Service appear meanwhile,
 /// its fields owned by someone else make the apply fail instead of taking it over.
 async fn apply_service(target: &OwnerTarget, caches: &Caches) -> Result<Outcome, ReconcileError> {
     let name = names::service_name(&target.stem);
@@ -681,23 +705,14 @@ async fn apply_service(target: &OwnerTarget, caches: &Caches) -> Result<Outcome,
         Ok(desired) => desired,
         Err(why) => return Ok(Outcome::Refused(why.to_string())),
     };
-    let mut hasher = DefaultHasher::new();
-    desired.to_string().hash(&mut hasher);
-    let fingerprint = hasher.finish();
-    let key = written_key("Service", &target.namespace, &name);
-    let last = caches.written(&key);
-    if let Some(cached) = &cached
-        && last.as_ref() == Some(&written(&cached.metadata, fingerprint))
-    {
+    if cached.as_deref().is_some_and(|service| serde_json::to_value(service).is_ok_and(|actual| contains(&actual, &desired))) {
         return Ok(Outcome::Kept);
     }
     match api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&desired)).await {
         Ok(applied) => {
-            let now = written(&applied.metadata, fingerprint);
-            // A new uid is a new Service: created now, or again after someone deleted it.
-            let created = cached.is_none() && last.is_none_or(|last| last.uid != now.uid);
-            caches.remember(key, now);
-            Ok(if created { Outcome::Created } else { Outcome::Kept })
+            // Its watch event is the echo of this write: no reconcile needed.
+            caches.remember(written_key("Service", &target.namespace, &name), written(&applied.metadata));
+            Ok(if cached.is_none() { Outcome::Created } else { Outcome::Kept })
         }
         // Invalid (422) or conflicting (409) with what the apiserver has: the apiserver's own words.
         Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => Ok(Outcome::Refused(status.message.clone())),
@@ -813,6 +828,58 @@ mod tests {
         assert_eq!(spec("NodePort")["externalTrafficPolicy"], "Local");
         // The apiserver refuses the field on a ClusterIP Service.
         assert!(spec("ClusterIP").get("externalTrafficPolicy").is_none());
+    }
+
+    fn target(settings: &[(&str, &str)]) -> OwnerTarget {
+        let owner = crate::core::Owner { api_version: "apps/v1".into(), kind: "Deployment".into(), name: "web".into() };
+        OwnerTarget {
+            verified: VerifiedOwner { owner, object_name: "web".into(), uid: "u1".into(), namespaced: true },
+            namespace: "shop".into(),
+            owner_label: "web".into(),
+            stem: "web".into(),
+            settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    /// Issue 14: a restarted webhook (or a second replica) has no record of what it applied; the
+    /// cached Service alone tells whether an apply would change anything (the old controller
+    /// re-applied every owner's Service after each restart).
+    #[test]
+    fn a_service_as_the_apiserver_keeps_it_needs_no_apply() {
+        let desired = desired_service(&target(&[]), "LoadBalancer").unwrap_or_else(|e| panic!("{e}"));
+        // What the apiserver stores: the applied fields plus defaults and other writers' fields.
+        let mut stored = desired.clone();
+        stored["metadata"]["uid"] = json!("s1");
+        stored["metadata"]["resourceVersion"] = json!("42");
+        stored["metadata"]["annotations"]["team"] = json!("payments");
+        stored["spec"]["clusterIP"] = json!("10.96.0.12");
+        stored["spec"]["ports"][0]["nodePort"] = json!(31022);
+        stored["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});
+        stored["status"] = json!({"loadBalancer": {}});
+        let service: Service = serde_json::from_value(stored).unwrap();
+        assert!(contains(&serde_json::to_value(&service).unwrap(), &desired), "{service:?}");
+
+        let edited = |edit: &dyn Fn(&mut Value)| {
+            let mut actual = serde_json::to_value(&service).unwrap();
+            edit(&mut actual);
+            contains(&actual, &desired)
+        };
+        assert!(!edited(&|s| s["spec"]["type"] = json!("NodePort")), "a value someone changed");
+        assert!(!edited(&|s| drop(s["spec"].as_object_mut().unwrap().remove("externalTrafficPolicy"))), "a field someone removed");
+        assert!(!edited(&|s| s["spec"]["ports"].as_array_mut().unwrap().push(json!({"port": 80}))), "a port someone added");
+        assert!(!edited(&|s| drop(s["metadata"]["labels"].as_object_mut().unwrap().remove(keys::MANAGED_BY))), "a label removed");
+    }
+
+    /// A field podsftp applied and no longer wants (here the source ranges) is not "contained"
+    /// away: the digest in the annotation differs, so the Service is applied and the field goes.
+    #[test]
+    fn a_field_podsftp_no_longer_sets_makes_the_service_differ() {
+        let ranges = [(keys::LOAD_BALANCER_SOURCE_RANGES, "203.0.113.0/24")];
+        let before = desired_service(&target(&ranges), "LoadBalancer").unwrap_or_else(|e| panic!("{e}"));
+        let after = desired_service(&target(&[]), "LoadBalancer").unwrap_or_else(|e| panic!("{e}"));
+        assert!(before["spec"]["loadBalancerSourceRanges"].is_array() && after["spec"].get("loadBalancerSourceRanges").is_none());
+        assert!(!contains(&before, &after), "{before} already counts as {after}");
+        assert_eq!(desired_service(&target(&[]), "LoadBalancer").unwrap_or_else(|e| panic!("{e}")), after, "stable");
     }
 
     /// Issue 11, item 15: the grace period runs from the moment the owner's pods are gone, not from
