@@ -4,7 +4,9 @@
 //! A group is the pods of one namespace that agree on everything a reconcile reads from a pod: the
 //! owner label, the claimed owner, the controller (a pod without one is its own group) and the
 //! revision of the template they were made from. Any pod of a group therefore stands for all of
-//! them; the first by name is the group's representative. A pod is (re)announced only when what
+//! them; the group's first pod is its representative until it goes (then the next by name), so
+//! every reconcile of a group is queued for the same pod and the applier, which runs one reconcile
+//! per pod at a time, never runs two for one group at once. A pod is (re)announced only when what
 //! the reconcile reads changed (its fingerprint), so status updates of 10,000 pods trigger nothing.
 
 use std::collections::hash_map::DefaultHasher;
@@ -56,10 +58,17 @@ fn fingerprint(meta: &ObjectMeta) -> u64 {
     hasher.finish()
 }
 
+/// The pods of one group.
+struct Group {
+    /// Pod name → fingerprint.
+    pods: BTreeMap<String, u64>,
+    representative: String,
+}
+
 #[derive(Default)]
 pub struct OwnerGroups {
-    /// Owner → its groups → pod name → fingerprint.
-    owners: HashMap<OwnerKey, HashMap<GroupKey, BTreeMap<String, u64>>>,
+    /// Owner → its groups.
+    owners: HashMap<OwnerKey, HashMap<GroupKey, Group>>,
     /// Where each pod is filed, to move or remove it.
     filed: HashMap<PodName, (OwnerKey, GroupKey)>,
 }
@@ -83,7 +92,7 @@ impl OwnerGroups {
         let group = GroupKey { claim, revision: revision(meta) };
         let print = fingerprint(meta);
         let filed_here = self.filed.get(&pod).is_some_and(|(o, g)| *o == owner && *g == group);
-        let previous = if filed_here { self.members(&owner, &group).and_then(|pods| pods.get(&pod.name)).copied() } else { None };
+        let previous = if filed_here { self.members(&owner, &group).and_then(|g| g.pods.get(&pod.name)).copied() } else { None };
         if previous == Some(print) {
             return Vec::new();
         }
@@ -91,11 +100,16 @@ impl OwnerGroups {
         // changed pod does.
         let new_group = self.members(&owner, &group).is_none();
         let mut announced = self.remove(&pod);
-        let members = self.owners.entry(owner.clone()).or_default().entry(group.clone()).or_default();
-        members.insert(pod.name.clone(), print);
-        let representative = members.keys().next().cloned();
+        let members = self
+            .owners
+            .entry(owner.clone())
+            .or_default()
+            .entry(group.clone())
+            .or_insert_with(|| Group { pods: BTreeMap::new(), representative: pod.name.clone() });
+        members.pods.insert(pod.name.clone(), print);
+        let representative = members.representative.clone();
         self.filed.insert(pod.clone(), (owner, group));
-        if let Some(name) = representative.filter(|_| new_group || previous.is_some()) {
+        if let Some(name) = Some(representative).filter(|_| new_group || previous.is_some()) {
             let representative = PodName { namespace: pod.namespace, name };
             if !announced.contains(&representative) {
                 announced.push(representative);
@@ -104,7 +118,7 @@ impl OwnerGroups {
         announced
     }
 
-    fn members(&self, owner: &OwnerKey, group: &GroupKey) -> Option<&BTreeMap<String, u64>> {
+    fn members(&self, owner: &OwnerKey, group: &GroupKey) -> Option<&Group> {
         self.owners.get(owner)?.get(group)
     }
 
@@ -118,10 +132,14 @@ impl OwnerGroups {
         let Some(groups) = self.owners.get_mut(&owner) else { return Vec::new() };
         let mut group_went = false;
         if let Some(members) = groups.get_mut(&group) {
-            members.remove(&pod.name);
-            if members.is_empty() {
-                groups.remove(&group);
-                group_went = true;
+            members.pods.remove(&pod.name);
+            match members.pods.keys().next() {
+                None => {
+                    groups.remove(&group);
+                    group_went = true;
+                }
+                Some(next) if members.representative == pod.name => members.representative = next.clone(),
+                Some(_) => {}
             }
         }
         if groups.is_empty() {
@@ -151,7 +169,7 @@ impl OwnerGroups {
     /// The representative of each group of an owner.
     pub fn representatives_of(&self, owner: &OwnerKey) -> Vec<PodName> {
         let groups = self.owners.get(owner).into_iter().flat_map(|groups| groups.values());
-        groups.filter_map(|members| members.keys().next()).map(|name| PodName { namespace: owner.0.clone(), name: name.clone() }).collect()
+        groups.map(|group| PodName { namespace: owner.0.clone(), name: group.representative.clone() }).collect()
     }
 
     /// The representative of every group.
@@ -223,6 +241,22 @@ mod tests {
         terminating.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()));
         assert_eq!(groups.apply(&terminating), [], "the owner's last group: nothing left to reconcile");
         assert!(groups.is_empty() && groups.owners().is_empty(), "a terminating pod is no longer the owner's");
+    }
+
+    /// Issue 14: a ReplicaSet's pods arrive one after another with random names; had the
+    /// representative been the first by name, the echo of the owner's new Secret would queue
+    /// another pod than the running reconcile's, and the two reconciles of one owner ran at once
+    /// (bench/controller at 10,300 pods: 2.9 reconciles and 1.3 Service applies per owner).
+    #[test]
+    fn a_group_keeps_its_representative_while_replicas_join() {
+        let mut groups = OwnerGroups::default();
+        let owner: OwnerKey = ("shop".into(), "web-0123456789".into());
+        assert_eq!(groups.apply(&pod("web-a-k", "web-a", "a", "")), [named("web-a-k")]);
+        assert_eq!(groups.apply(&pod("web-a-b", "web-a", "a", "")), [], "a replica joining announces nothing");
+        assert_eq!(groups.representatives_of(&owner), [named("web-a-k")], "the first pod still stands for the group");
+        assert_eq!(groups.apply(&pod("web-a-b", "web-a", "a", "edited")), [named("web-a-k")]);
+        assert_eq!(groups.remove(&named("web-a-k")), []);
+        assert_eq!(groups.representatives_of(&owner), [named("web-a-b")], "the next by name once it goes");
     }
 
     #[test]
