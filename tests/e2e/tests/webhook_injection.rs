@@ -291,6 +291,66 @@ fn service_follows_template_annotations_and_goes_when_no_injected_pod_remains() 
     assert!(exists("secret", "files-sftp", Some(&ns.name)), "the Secret survives so the login stays the same");
 }
 
+/// While two templates' pods coexist (here a rollout that cannot finish: no pod ever turns ready,
+/// so the old one stays), every reconcile of the owner takes the settings of its current template:
+/// a change to the Service reconciles both templates' pods, and the old ones must not put their
+/// template's port back, not even for a moment.
+#[test]
+fn two_templates_at_once_never_undo_the_current_templates_settings() {
+    require_cluster();
+    let ns = TestNamespace::create("wh-twotemplates", &injection_enabled());
+    let (webhook, _registration) = webhook_for("wh-twotemplates", "Fail", &[&ns.name]);
+    let files = |port: u16| {
+        format!(
+            r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "files", "namespace": "{}"}},
+                "spec": {{"replicas": 1, "selector": {{"matchLabels": {{"app": "files"}}}},
+                  "strategy": {{"rollingUpdate": {{"maxSurge": 1, "maxUnavailable": 0}}}},
+                  "template": {{"metadata": {{"labels": {{"app": "files"}}, "annotations": {{"podsftp.io/service-port": "{port}"}}}},
+                    "spec": {{"containers": [{{"name": "app", "image": "busybox:1.37"}}]}}}}}}}}"#,
+            ns.name
+        )
+    };
+    let service_port = || -> Result<u64, String> {
+        get("service", "files-sftp", &ns.name).map(|s| s["spec"]["ports"][0]["port"].as_u64().unwrap_or_default())
+    };
+    let port_is = |want: u64| {
+        move || -> Result<(), String> { service_port().and_then(|p| if p == want { Ok(()) } else { Err(format!("port {p}")) }) }
+    };
+    kubectl_apply(&files(2022));
+    eventually("Service files-sftp on port 2022", WAIT, port_is(2022));
+    kubectl_apply(&files(2200));
+    eventually("Service files-sftp on port 2200", WAIT, port_is(2200));
+    eventually("pods of both templates", WAIT, || {
+        let templates: std::collections::BTreeSet<String> = pods(&ns.name, "app=files")
+            .iter()
+            .filter_map(|p| p["metadata"]["labels"]["pod-template-hash"].as_str().map(String::from))
+            .collect();
+        if templates.len() == 2 { Ok(()) } else { Err(format!("templates {templates:?}")) }
+    });
+
+    // Every version of the Service from now on, as the apiserver's watch shows them.
+    let mut watch = std::process::Command::new("kubectl")
+        .args(["get", "service", "files-sftp", "-n", &ns.name, "--watch"])
+        .args(["-o", "jsonpath={.spec.ports[0].port}{\"\\n\"}"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl get --watch");
+    std::thread::sleep(Duration::from_secs(2));
+    // Someone else's change: the owner's pods of both templates reconcile.
+    kubectl(&["label", "service", "files-sftp", "-n", &ns.name, "touched-by=e2e"]);
+    std::thread::sleep(Duration::from_secs(10));
+    let _ = watch.kill();
+    let output = watch.wait_with_output().expect("kubectl watch output");
+    let ports = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(ports.lines().count() >= 2, "the watch saw no change after the label: {ports:?}");
+    assert!(
+        ports.lines().all(|port| port == "2200"),
+        "the old template's reconcile put its port back: versions {ports:?}; webhook log:\n{}",
+        webhook.log_text()
+    );
+    eventually("Service files-sftp still on port 2200", WAIT, port_is(2200));
+}
+
 /// Issue 11, item 13: a Secret or Service of the same name that podsftp did not create is never
 /// modified or adopted; the owner gets a Conflict event instead.
 #[test]

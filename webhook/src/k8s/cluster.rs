@@ -5,8 +5,10 @@
 //! pod's namespace when the kind is namespaced); the chain cache of fetched owners is keyed by
 //! (namespace, uid), so a reference in one namespace can never decide what another namespace's
 //! pods resolve to. Ownership chains do not change in practice, so a fetched chain is kept; an
-//! owner's pod template annotations are cached per revision of the pods (a new template makes new
-//! pods of a new revision). Both caches are bounded in size and age, so churn does not grow them.
+//! owner's pod template annotations are cached per generation of the owner, which its watch cache
+//! keeps current, so pods of every template the owner has running get the settings of its current
+//! one (per revision of the pods for kinds without a watch cache). Both caches are bounded in size
+//! and age, so churn does not grow them.
 //!
 //! The plugin, a one-shot command, uses [`KubeCluster::unwatched`]: no watches, every lookup read
 //! from the API.
@@ -62,9 +64,18 @@ struct Kind {
 /// An owner chain from one owner up to the topmost, nearest first.
 type Chain = Vec<VerifiedOwner>;
 
-/// (namespace of the pod, uid of the owner, revision of the pod) → the owner's pod template
+/// Which template of an owner cached settings were read from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum TemplateVersion {
+    /// The owner's `metadata.generation` (every change to its template changes it).
+    Generation(i64),
+    /// The revision of the pods that asked: for an owner without a watch cache.
+    Revision(String),
+}
+
+/// (namespace of the pod, uid of the owner, template version) → the owner's pod template
 /// annotations (`None`: the owner kind has no pod template).
-type SettingsKey = (String, String, String);
+type SettingsKey = (String, String, TemplateVersion);
 
 /// The webhook's watch caches.
 struct Watches {
@@ -245,21 +256,30 @@ impl KubeCluster {
     }
 
     /// The pod template annotations of the owner `reference` names (`spec.template`, or a
-    /// CronJob's `spec.jobTemplate.spec.template`; `None` for a kind without a pod template), as of
-    /// `revision` (what tells the pods of different templates apart, see the controller): fetched
-    /// once per owner and revision.
+    /// CronJob's `spec.jobTemplate.spec.template`; `None` for a kind without a pod template): of
+    /// its current template, read once per generation of the owner. Pods of an older template
+    /// (a rollout under way, a StatefulSet partition) get the current settings too, so their
+    /// reconciles never undo the new template's. For a kind without a watch cache: as of the
+    /// pods' `revision`, read once per revision.
     pub async fn template_annotations(
         &self,
         namespace: &str,
         reference: &OwnerReference,
         revision: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ResolveError> {
-        let key = (namespace.to_string(), reference.uid.clone(), revision.to_string());
+        let generation = self.cached_owner(namespace, reference).await.and_then(|owner| owner.generation);
+        let version = generation.map_or_else(|| TemplateVersion::Revision(revision.to_string()), TemplateVersion::Generation);
+        let key = (namespace.to_string(), reference.uid.clone(), version);
         if let Some(cached) = self.settings.lock().unwrap_or_else(PoisonError::into_inner).get(&key, Instant::now()) {
             return Ok(cached);
         }
         let (object, _) = self.fetch(namespace, reference).await?;
         let annotations = template_annotations(&object.data);
+        // Filed under the generation read, which can be newer than the watch cache's.
+        let key = match (key, object.metadata.generation) {
+            ((namespace, uid, TemplateVersion::Generation(_)), Some(read)) => (namespace, uid, TemplateVersion::Generation(read)),
+            (key, _) => key,
+        };
         self.settings.lock().unwrap_or_else(PoisonError::into_inner).insert(key, annotations.clone(), Instant::now());
         Ok(annotations)
     }
