@@ -119,8 +119,6 @@ mod tests {
     use super::*;
     use crate::pki;
 
-    /// A thread that panicked while holding the lock (tests unwind; the release build aborts)
-    /// leaves the certificate served and reported as loaded, not a silent "no certificate".
     /// Each cause once in the reported chain: messages name only their own context.
     #[test]
     fn a_read_error_reports_its_cause_once() {
@@ -129,6 +127,8 @@ mod tests {
         assert_eq!(crate::error_chain(&error), format!("reading /certs/tls.crt: {cause}"));
     }
 
+    /// A thread that panicked while holding the lock (tests unwind; the release build aborts)
+    /// leaves the certificate served and reported as loaded, not a silent "no certificate".
     #[test]
     fn a_poisoned_store_keeps_serving_its_certificate() {
         let ca = pki::new_ca("test CA", pki::CA_VALIDITY).expect("CA");

@@ -30,10 +30,6 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
         self.entries.insert(key, (now, value));
     }
 
-    pub fn remove(&mut self, key: &K) {
-        self.entries.remove(key);
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -92,12 +92,14 @@ impl OwnerGroups {
         let group = GroupKey { claim, revision: revision(meta) };
         let print = fingerprint(meta);
         let filed_here = self.filed.get(&pod).is_some_and(|(o, g)| *o == owner && *g == group);
-        let previous = if filed_here { self.members(&owner, &group).and_then(|g| g.pods.get(&pod.name)).copied() } else { None };
-        if previous == Some(print) {
-            return Vec::new();
+        if let Some(members) = self.owners.get_mut(&owner).and_then(|groups| groups.get_mut(&group)).filter(|_| filed_here) {
+            // A changed pod stays filed where it is, and its group keeps its representative.
+            if members.pods.insert(pod.name.clone(), print) == Some(print) {
+                return Vec::new();
+            }
+            return vec![PodName { namespace: pod.namespace, name: members.representative.clone() }];
         }
-        // A replica joining its group brings nothing the representative did not; a new group or a
-        // changed pod does.
+        // A replica joining its group brings nothing the representative did not; a new group does.
         let new_group = self.members(&owner, &group).is_none();
         let mut announced = self.remove(&pod);
         let members = self
@@ -109,8 +111,8 @@ impl OwnerGroups {
         members.pods.insert(pod.name.clone(), print);
         let representative = members.representative.clone();
         self.filed.insert(pod.clone(), (owner, group));
-        if let Some(name) = Some(representative).filter(|_| new_group || previous.is_some()) {
-            let representative = PodName { namespace: pod.namespace, name };
+        if new_group {
+            let representative = PodName { namespace: pod.namespace, name: representative };
             if !announced.contains(&representative) {
                 announced.push(representative);
             }
@@ -257,6 +259,18 @@ mod tests {
         assert_eq!(groups.apply(&pod("web-a-b", "web-a", "a", "edited")), [named("web-a-k")]);
         assert_eq!(groups.remove(&named("web-a-k")), []);
         assert_eq!(groups.representatives_of(&owner), [named("web-a-b")], "the next by name once it goes");
+    }
+
+    /// Editing the representative itself must not hand the group to another pod: the edited
+    /// pod's reconcile may still run, and a second representative would reconcile beside it.
+    #[test]
+    fn an_edited_representative_keeps_its_group() {
+        let mut groups = OwnerGroups::default();
+        let owner: OwnerKey = ("shop".into(), "web-0123456789".into());
+        groups.apply(&pod("web-a-b", "web-a", "a", ""));
+        groups.apply(&pod("web-a-k", "web-a", "a", ""));
+        assert_eq!(groups.apply(&pod("web-a-b", "web-a", "a", "edited")), [named("web-a-b")]);
+        assert_eq!(groups.representatives_of(&owner), [named("web-a-b")]);
     }
 
     #[test]

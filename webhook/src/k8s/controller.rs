@@ -107,11 +107,18 @@ struct Written {
     resource_version: String,
 }
 
+impl Written {
+    /// Whether `meta` is the version podsftp wrote (or last saw complete).
+    fn is(&self, meta: &ObjectMeta) -> bool {
+        Some(&self.uid) == meta.uid.as_ref() && Some(&self.resource_version) == meta.resource_version.as_ref()
+    }
+}
+
 /// The watch caches and what the reconciles share.
 pub struct Caches {
     context: Arc<Context>,
     /// Injected pods (label `podsftp.io/owner`), metadata only.
-    pub pods: Store<PodMeta>,
+    pods: Store<PodMeta>,
     secrets: Store<SecretMeta>,
     services: Store<Service>,
     groups: Mutex<OwnerGroups>,
@@ -279,11 +286,7 @@ async fn requeue_owners<K: Resource>(
         };
         // The echo of podsftp's own write needs no reconcile.
         let key = written_key(what, &owner.0, meta.name.as_deref().unwrap_or_default());
-        if !deleted
-            && caches
-                .written(&key)
-                .is_some_and(|w| Some(&w.uid) == meta.uid.as_ref() && Some(&w.resource_version) == meta.resource_version.as_ref())
-        {
+        if !deleted && caches.written(&key).is_some_and(|w| w.is(meta)) {
             continue;
         }
         let representatives = caches.representatives(Some(&owner));
@@ -545,7 +548,7 @@ async fn ensure_secret(target: &OwnerTarget, caches: &Caches) -> Result<Outcome,
     };
     let existing = match caches.secrets.get(&ObjectRef::new(&name).within(&target.namespace)) {
         Some(cached) if !created_for(&cached.metadata, &target.verified.uid) => return Ok(Outcome::NotOurs),
-        Some(cached) if caches.written(&key).is_some_and(|w| Some(&w.resource_version) == cached.metadata.resource_version.as_ref()) => {
+        Some(cached) if caches.written(&key).is_some_and(|w| w.is(&cached.metadata)) => {
             return Ok(Outcome::Kept);
         }
         Some(_) => api.get(&name).await?,
