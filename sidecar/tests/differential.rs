@@ -455,6 +455,11 @@ fn error_codes_match_openssh() {
         let dir = p.step("opendir dir", fxp::OPENDIR, &[&string(b"dir")]).unwrap();
         p.step("read a directory handle", fxp::READ, &[&string(&dir), &u64b(0), &u32b(4)]);
         p.step("write a read-only handle", fxp::WRITE, &[&string(&handle), &u64b(0), &string(b"x")]);
+        let write_only = p.open("write-only", WRITE | CREAT);
+        p.step("read 0 bytes of a write-only handle", fxp::READ, &[&string(&write_only), &u64b(0), &u32b(0)]);
+        p.step("read 4 bytes of a write-only handle", fxp::READ, &[&string(&write_only), &u64b(0), &u32b(4)]);
+        p.step("read 0 bytes at the largest offset", fxp::READ, &[&string(&write_only), &u64b(u64::MAX), &u32b(0)]);
+        p.close("write-only file", &write_only);
         p.close("dir", &dir);
         p.list(".");
         p.list("dir");

@@ -1,4 +1,4 @@
-//! The session engine: framing, lanes, the in-flight byte budget and threads. It knows what
+//! The session engine: lanes, the in-flight byte budget and threads (packets from `framing.rs`). It knows what
 //! each request is from the request table (`requests.rs`) and leaves what requests do to an
 //! [`Operations`] implementation (`server.rs` against a confined root; a fake in the tests).
 //!

@@ -173,14 +173,15 @@ impl Operations for Server {
             (_, None, Request::Close { .. }) => ok(id),
             (Object::File { file, .. }, None, Request::Read { offset, len, .. }) => {
                 let len = len.min(codec::MAX_IO) as usize;
-                // Read into memory that is not zeroed first; a READ of 0 bytes still asks the
-                // kernel (a handle not open for reading fails), as OpenSSH's sftp-server does.
+                // Read into memory that is not zeroed first. A READ of 0 bytes only seeks, as in
+                // OpenSSH's sftp-server: empty data even from a handle open only for writing, an
+                // error for an offset past the largest one (every other access is positional).
                 let mut buf = Vec::with_capacity(len);
                 let read = match len {
-                    0 => rustix::io::pread(&*file, &mut [0u8; 0], offset),
-                    _ => rustix::io::pread(&*file, spare_capacity(&mut buf), offset),
+                    0 => io::Seek::seek(&mut &*file, io::SeekFrom::Start(offset)).map(|_| 0),
+                    _ => rustix::io::pread(&*file, spare_capacity(&mut buf), offset).map_err(io::Error::from),
                 };
-                match read.map_err(io::Error::from) {
+                match read {
                     Ok(0) if len > 0 => status(id, StatusCode::Eof, "End of file"),
                     Ok(_) => Response::Data { id, data: buf.into() },
                     Err(e) => error_status(id, &e),
