@@ -13,8 +13,11 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
 
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
 use tokio::process::{Child, Command};
 
+use crate::ring;
 use crate::target::{self, Identity, Target};
 
 /// Why the target cannot be served right now: the readiness endpoint and the session log show
@@ -218,9 +221,10 @@ impl Access {
         }
     }
 
-    /// Starts the worker for one SFTP session; its stdin/stdout carry the SFTP stream, and the
-    /// returned pipe its counts (`sftp::tally`).
-    pub fn spawn_sftp(&self, resolved: &Resolved, user: &str, client: &str) -> std::io::Result<(Child, OwnedFd)> {
+    /// Starts the worker for one SFTP session: the client's requests go into the returned ring
+    /// (its socket is the worker's stdin), the replies come on its stdout, and its counts
+    /// (`sftp::tally`) on the returned pipe.
+    pub fn spawn_sftp(&self, resolved: &Resolved, user: &str, client: &str) -> std::io::Result<(Child, ring::Sender, OwnedFd)> {
         let mut cmd = self.worker_command("sftp", resolved.become_identity.as_ref());
         self.root_args(&mut cmd, resolved);
         if self.read_only {
@@ -233,7 +237,10 @@ impl Access {
         if let Some(pid) = resolved.pid {
             cmd.arg("--target-pid").arg(pid.to_string());
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let (input, worker_input) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+        let input = ring::Sender::new(input)?;
+        cmd.arg("--input-ring");
+        cmd.stdin(Stdio::from(worker_input)).stdout(Stdio::piped()).stderr(Stdio::inherit());
         // The worker's end is a duplicate without close-on-exec, passed by number: a pre_exec hook
         // that moved it would turn this posix_spawn into a fork of the whole front end (measured
         // 1-3 ms more per SFTP channel). A worker started by another session at the same moment
@@ -244,7 +251,7 @@ impl Access {
         cmd.arg("--report-fd").arg(inherited.as_raw_fd().to_string());
         let child = cmd.spawn()?;
         drop(inherited);
-        Ok((child, reports))
+        Ok((child, input, reports))
     }
 
     pub fn describe(&self) -> String {

@@ -8,7 +8,8 @@
 //! (finding and describing the process to serve), `privilege` (dropping to the target's
 //! identity), `credentials` (the watched credentials directory), `authorized_keys` (its key lines and
 //! their options), `health` (probes), `listener` (accepting connections), `visible`
-//! (client bytes in log lines), `metrics` (what `/metrics` shows).
+//! (client bytes in log lines), `metrics` (what `/metrics` shows), `ring` (client data from the
+//! front end to a worker in shared memory).
 
 pub mod access;
 pub mod admission;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod privilege;
+pub mod ring;
 pub mod sftp;
 pub mod ssh;
 pub mod target;

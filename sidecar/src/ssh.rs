@@ -2,11 +2,11 @@
 //! subsystem, each SFTP channel piped to its own worker process.
 //!
 //! Flow control: client data arrives in `Handler::data` (inside russh's session loop), which
-//! writes it straight into the worker's stdin pipe (1 MiB), so the loop only waits when the
-//! worker is far behind; the worker's stdout is copied to the channel by another task through
-//! russh's window-aware writer. Neither direction can hold the other up. Writing from the loop
-//! itself, rather than through a queue and a task, saves a copy, an allocation and a task
-//! wake-up per SSH packet (see "Benchmarks (SFTP)" in the README).
+//! copies it straight into the worker's input ring (`crate::ring`, 1 MiB), so the loop only
+//! waits when the worker is far behind; the worker's stdout is copied to the channel by another
+//! task through russh's window-aware writer. Neither direction can hold the other up. Writing
+//! from the loop itself, rather than through a queue and a task, saves a copy, an allocation and
+//! a task wake-up per SSH packet (see "Benchmarks (SFTP)" in the README).
 //!
 //! Lifetimes: a connection must log in within the login deadline (banner, key exchange and
 //! authentication together) and may read only `PREAUTH_BYTES` before it does; `admission`
@@ -30,13 +30,14 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::{Child, ChildStdout};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::access::Access;
 use crate::admission::{Admission, Penalty, Refusal, Startup};
 use crate::credentials::{Credentials, State};
 use crate::metrics::{Metrics, end_reason};
+use crate::ring;
 
 /// Channels (and their workers, until they have exited) per connection, like OpenSSH's
 /// `MaxSessions` default.
@@ -50,9 +51,9 @@ const PREAUTH_BYTES: u64 = 64 * 1024;
 /// How often a channel whose worker stopped reading checks that the client is still connected.
 const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a client may go on sending requests while not reading a single reply: its worker
-/// then waits on both pipes, russh's loop waits for the worker and stops reading the socket,
-/// so not even a hang-up could be seen (the client's FIN queues behind unsent data). No client
-/// that reads its replies gets here.
+/// then waits on its input ring and its output pipe, russh's loop waits for the worker and
+/// stops reading the socket, so not even a hang-up could be seen (the client's FIN queues
+/// behind unsent data). No client that reads its replies gets here.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// One connection's totals for its audit line; bytes also go to the process's metrics.
@@ -136,8 +137,8 @@ struct Connection {
 
 /// A channel with its worker: dropping it (channel closed, connection ended) stops the worker.
 struct Running {
-    /// The worker's stdin; `None` after the client's EOF or once the worker stopped reading.
-    input: Option<ChildStdin>,
+    /// The worker's input; `None` after the client's EOF or once the worker stopped reading.
+    input: Option<ring::Sender>,
     output: Arc<OutputProgress>,
     _stop: oneshot::Sender<()>,
 }
@@ -225,19 +226,19 @@ impl Connection {
         let user = self.user.clone().ok_or("not authenticated")?;
         let (channel, slot) = self.opened.remove(&channel_id).ok_or("unknown channel")?;
         let resolved = self.access.resolve().await.map_err(|e| e.to_string())?;
-        let (mut child, reports) =
+        let (mut child, input, reports) =
             self.access.spawn_sftp(&resolved, &user, &self.peer.to_string()).map_err(|e| format!("cannot start the SFTP worker: {e}"))?;
         let reports =
             tokio::net::unix::pipe::Receiver::from_owned_fd(reports).map_err(|e| format!("the SFTP worker's report pipe: {e}"))?;
         let metrics = self.stats.metrics.clone();
         tokio::spawn(async move { metrics.add_reports(reports).await });
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err("worker has no pipes".into());
+        let Some(stdout) = child.stdout.take() else {
+            return Err("worker has no output pipe".into());
         };
         let (stop, stopped) = oneshot::channel();
         let output = Arc::new(OutputProgress::default());
-        // The worker's stdin is closed when this entry goes (channel closed, connection ended).
-        self.running.insert(channel_id, Running { input: Some(stdin), output: output.clone(), _stop: stop });
+        // The worker's input is closed when this entry goes (channel closed, connection ended).
+        self.running.insert(channel_id, Running { input: Some(input), output: output.clone(), _stop: stop });
         // Only the writer is used: client data comes through `Handler::data`, so the channel's
         // own receive queue must not exist (nobody would drain it).
         let writer = channel.make_writer();
@@ -249,7 +250,7 @@ impl Connection {
                 () = copy_output(stdout, writer, &stats, &output) => false,
                 _ = stopped => true,
             };
-            // The worker's stdin is gone with its `Running` when the channel is; its stdout now: a
+            // The worker's input is gone with its `Running` when the channel is; its stdout now: a
             // worker blocked on either sees EOF/EPIPE and exits.
             let code = reap(child).await;
             // The slot is free only now that the worker is gone.
@@ -374,11 +375,11 @@ impl russh::server::Handler for Connection {
         self.stats.received(data.len());
         // Waiting here is the backpressure (russh grants window as data arrives), but it also
         // stops russh from reading the socket: notice a client that is gone meanwhile, or the
-        // connection (and every worker on it) would wait forever. Biased: the pipe usually
+        // connection (and every worker on it) would wait forever. Biased: the ring usually
         // takes the data at once, and then the hang-up check (a syscall) is not needed.
         let written = tokio::select! {
             biased;
-            written = input.write_all(data) => written,
+            written = input.send(data) => written,
             gone = until_gone(&self.socket, output) => return Err(gone),
         };
         if written.is_err() {

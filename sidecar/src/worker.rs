@@ -1,6 +1,7 @@
 //! The worker process: one SFTP session (or a probe, or a container search) after taking the
 //! target's identity. Runs `privilege::become_identity` before it has threads and before it
-//! touches `/proc/<pid>/...`; speaks SFTP on stdin/stdout.
+//! touches `/proc/<pid>/...`; speaks SFTP on stdin/stdout (with `--input-ring`, requests arrive
+//! in the front end's ring, `crate::ring`, which comes on stdin).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -16,8 +17,10 @@ use rustix::fs::OFlags;
 
 use crate::confined::Root;
 use crate::privilege;
+use crate::ring::Consumer;
 use crate::sftp::accounts::Accounts;
 use crate::sftp::engine::SessionError;
+use crate::sftp::framing::Framer;
 use crate::sftp::server::{self, Options};
 use crate::sftp::tally;
 use crate::target::{self, EnvCheck, Identity, Liveness};
@@ -41,6 +44,8 @@ enum WorkerError {
     Environ { unreadable: Vec<(u32, io::Error)> },
     #[error(transparent)]
     Session(SessionError),
+    #[error("cannot receive the input ring on stdin: {0}")]
+    InputRing(io::Error),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +90,10 @@ enum Mode {
         user: String,
         #[arg(long)]
         client: String,
+        /// Stdin is a socket that brings the front end's ring of requests (`crate::ring`),
+        /// not the requests themselves.
+        #[arg(long)]
+        input_ring: bool,
         /// The served process: the session ends when it exits (the container restarted).
         #[arg(long)]
         target_pid: Option<u32>,
@@ -196,14 +205,14 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     match args.mode {
         Mode::Probe { who, root } => answer(take_identity(&who).and_then(|()| open_root(&root)).map(drop)),
         Mode::Find { who, container, pids } => answer(take_identity(&who).and_then(|()| find(&container, &pids))),
-        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, target_pid, report_fd } => {
+        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, input_ring, target_pid, report_fd } => {
             let session = take_identity(&who).and_then(|()| {
                 // Watched before the root is opened, so a process that exits in between is noticed.
                 let target = target_pid.map(watch_target).transpose()?.flatten();
                 let top = open_top(&root)?;
                 let top = if serve_pseudo_filesystems { top.serving_pseudo_filesystems() } else { top };
                 let accounts = read_accounts(&top);
-                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target }, report_fd)
+                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target }, input_ring, report_fd)
             });
             // A session's stderr is the sidecar's log: one structured line says why it ended.
             if let Err(reason) = &session {
@@ -244,15 +253,25 @@ fn find(container: &str, pids: &[u32]) -> Result<(), WorkerError> {
 
 const PIPE_SIZE: usize = 1024 * 1024;
 
-fn sftp(root: Root, options: Options, report_fd: Option<i32>) -> Result<(), WorkerError> {
-    // SAFETY: fds 0 and 1 are the pipes the front end gave us and nothing else owns them.
+fn sftp(root: Root, options: Options, input_ring: bool, report_fd: Option<i32>) -> Result<(), WorkerError> {
+    // SAFETY: fds 0 and 1 are what the front end gave us (the ring's socket or a pipe, and a
+    // pipe) and nothing else owns them.
     let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
-    for fd in [&stdin, &stdout] {
+    let pipes = if input_ring { vec![&stdout] } else { vec![&stdin, &stdout] };
+    for fd in pipes {
         // Bigger pipes mean fewer wakeups per 255 KiB READ/WRITE; best effort (1 MiB is the
         // unprivileged limit by default).
         let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
     }
-    let session = || server::serve(root, options, File::from(stdin), File::from(stdout)).map_err(WorkerError::Session);
+    let output = File::from(stdout);
+    let session = || {
+        let served = if input_ring {
+            server::serve(root, options, Consumer::receive(stdin).map_err(WorkerError::InputRing)?, output)
+        } else {
+            server::serve(root, options, Framer::new(File::from(stdin)), output)
+        };
+        served.map_err(WorkerError::Session)
+    };
     let Some(report_fd) = report_fd else { return session() };
     // SAFETY: the front end handed the report pipe down on this descriptor (`--report-fd`), kept
     // open by `close_inherited`, and nothing else in this process owns it.

@@ -10,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use podsftp_sidecar::confined::Root;
 use podsftp_sidecar::sftp::accounts::Accounts;
 use podsftp_sidecar::sftp::codec::MAX_PACKET;
+use podsftp_sidecar::sftp::framing::Framer;
 use podsftp_sidecar::sftp::server::{self, Options};
 use podsftp_sidecar_fuzz::packet_stream;
 
@@ -53,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let stream = packet_stream(data);
     let mut output = Vec::new();
     let root = Root::open(&served).expect("open the served root");
-    let _ = server::serve(root, options, &stream[..], &mut output);
+    let _ = server::serve(root, options, Framer::new(&stream[..]), &mut output);
 
     let mut replies = &output[..];
     while let [a, b, c, d, rest @ ..] = replies {

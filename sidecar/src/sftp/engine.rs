@@ -26,7 +26,7 @@ use std::thread::{self, Scope};
 use bytes::BytesMut;
 
 use super::codec::{self, Packet, Request, Response, StatusCode};
-use super::framing::{Framer, Source};
+use super::framing::Packets;
 use super::requests::{self, Kind, Lane};
 use super::tally;
 
@@ -148,7 +148,7 @@ impl<O> Work<O> {
 }
 
 struct Input<R> {
-    reader: Framer<R>,
+    reader: R,
     /// Set when the stream ended; holds why if it ended badly.
     ended: Option<Result<(), SessionError>>,
 }
@@ -195,7 +195,7 @@ pub fn status(id: u32, code: StatusCode, message: impl Into<String>) -> Response
 
 /// Serves one SFTP session until the client closes the stream or sends something malformed.
 /// Blocks the calling thread, which becomes the session's first thread.
-pub fn serve<O: Operations, R: Source, W: Write + Send>(ops: O, input: R, output: W) -> Result<(), SessionError> {
+pub fn serve<O: Operations, R: Packets, W: Write + Send>(ops: O, input: R, output: W) -> Result<(), SessionError> {
     let session = Session {
         ops,
         state: Mutex::new(State {
@@ -206,7 +206,7 @@ pub fn serve<O: Operations, R: Source, W: Write + Send>(ops: O, input: R, output
             paths_busy: false,
             paths_queue: VecDeque::new(),
         }),
-        input: Mutex::new(Input { reader: Framer::new(input), ended: None }),
+        input: Mutex::new(Input { reader: input, ended: None }),
         output: Mutex::new(Output { writer: output, failed: false }),
         budget: Budget::default(),
         waiting_readers: AtomicUsize::new(0),
@@ -227,7 +227,7 @@ pub fn serve<O: Operations, R: Source, W: Write + Send>(ops: O, input: R, output
     ended.unwrap_or(Ok(()))
 }
 
-impl<R: Source, W: Write + Send, O: Operations> Session<R, W, O> {
+impl<R: Packets, W: Write + Send, O: Operations> Session<R, W, O> {
     fn handshake(&self) -> Result<(), SessionError> {
         let mut input = lock(&self.input);
         let Some(first) = input.reader.next_packet()? else {
@@ -288,7 +288,7 @@ impl<R: Source, W: Write + Send, O: Operations> Session<R, W, O> {
     }
 
     /// The next request that needs a lane; requests answered on the spot are answered here.
-    fn read_job(&self, reader: &mut Framer<R>) -> Result<Option<Job>, SessionError> {
+    fn read_job(&self, reader: &mut R) -> Result<Option<Job>, SessionError> {
         loop {
             let Some(body) = reader.next_packet()? else { return Ok(None) };
             let (id, request) = match codec::decode(&body)? {
@@ -535,6 +535,7 @@ mod tests {
 
     use super::*;
     use crate::sftp::codec::fxp;
+    use crate::sftp::framing::Framer;
 
     /// Opened objects are their names; READ on "slow" waits until the gate opens.
     #[derive(Default)]
@@ -638,7 +639,7 @@ mod tests {
         let (client, server) = UnixStream::pair().unwrap();
         thread::scope(|scope| {
             let output = server.try_clone().unwrap();
-            let served = scope.spawn(move || serve(fake, server, output));
+            let served = scope.spawn(move || serve(fake, Framer::new(server), output));
             let mut client = Client { stream: client };
             let init = [&5u32.to_be_bytes()[..], &[fxp::INIT], &3u32.to_be_bytes()].concat();
             client.stream.write_all(&init).unwrap();

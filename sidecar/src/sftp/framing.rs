@@ -1,8 +1,8 @@
-//! The client's stream cut into SFTP packets. A body larger than the read-ahead buffer is read
-//! straight into a buffer of its size that is never zeroed first (only its part already read
-//! ahead is copied); small packets are read ahead together, so a batch of pipelined requests
-//! costs one read. (Zeroing and copying bodies cost 0.08 of the worker's 1.14 CPU seconds per
-//! GiB uploaded; the zeroing is gone: "Where the time goes" in the README.)
+//! The client's stream cut into SFTP packets, from the front end's input ring (`crate::ring`:
+//! bodies are read where they lie) or from a byte stream (`Framer`: `worker sftp` run by hand,
+//! tests, fuzzing). In a stream, a body larger than the read-ahead buffer is read straight into a
+//! buffer of its size that is never zeroed first (only its part already read ahead is copied);
+//! small packets are read ahead together, so a batch of pipelined requests costs one read.
 
 use std::fs::File;
 use std::io;
@@ -14,6 +14,49 @@ use rustix::buffer::spare_capacity;
 
 use super::codec;
 use super::engine::SessionError;
+use crate::ring;
+
+/// The ring must hold the largest packet with its length field.
+const _: () = assert!(ring::RING_BYTES >= 4 + codec::MAX_INCOMING_PACKET as usize);
+
+/// Where a session's requests come from.
+pub trait Packets: Send {
+    /// The next packet's body (its length field removed); `None` when the stream ends before a
+    /// packet's body begins (like OpenSSH's sftp-server, a partial length field is an end too).
+    fn next_packet(&mut self) -> Result<Option<Bytes>, SessionError>;
+}
+
+/// The body length of the packet `buffered` starts with, once its length field is complete.
+fn body_len(buffered: &[u8]) -> Result<Option<usize>, SessionError> {
+    let Some(&[a, b, c, d]) = buffered.first_chunk() else { return Ok(None) };
+    let len = u32::from_be_bytes([a, b, c, d]);
+    if len > codec::MAX_INCOMING_PACKET {
+        return Err(SessionError::Oversized(len));
+    }
+    Ok(Some(len as usize))
+}
+
+/// The end of the stream with `buffered` bytes of a packet begun.
+fn ended(buffered: usize) -> Result<Option<Bytes>, SessionError> {
+    if buffered < 4 { Ok(None) } else { Err(SessionError::Truncated) }
+}
+
+impl Packets for ring::Consumer {
+    fn next_packet(&mut self) -> Result<Option<Bytes>, SessionError> {
+        loop {
+            let buffered = self.buffered()?;
+            let shown = buffered.len();
+            if let Some(len) = body_len(buffered)?
+                && shown >= 4 + len
+            {
+                return Ok(Some(self.take(4, len)?));
+            }
+            if !self.wait(shown)? {
+                return ended(shown);
+            }
+        }
+    }
+}
 
 /// Requests are small; reading ahead saves a read per request.
 const READ_AHEAD: usize = 64 * 1024;
@@ -70,18 +113,21 @@ impl<S: Source> Framer<S> {
         Framer { source, ahead: Vec::with_capacity(READ_AHEAD), start: 0 }
     }
 
-    /// The next packet's body (its length field removed); `None` when the stream ends before a
-    /// packet's body begins (like OpenSSH's sftp-server, a partial length field is an end too).
-    pub fn next_packet(&mut self) -> Result<Option<Bytes>, SessionError> {
+    /// Reads more into `ahead` after making room (what was consumed goes, a partial packet
+    /// moves to the front); false at the end of the stream.
+    fn read_ahead(&mut self) -> Result<bool, SessionError> {
+        self.ahead.drain(..self.start);
+        self.start = 0;
+        Ok(self.source.read_into(&mut self.ahead)? > 0)
+    }
+}
+
+impl<S: Source> Packets for Framer<S> {
+    fn next_packet(&mut self) -> Result<Option<Bytes>, SessionError> {
         let len = loop {
             let buffered = &self.ahead[self.start..];
-            if let [a, b, c, d, body @ ..] = buffered {
-                let len = u32::from_be_bytes([*a, *b, *c, *d]);
-                if len > codec::MAX_INCOMING_PACKET {
-                    return Err(SessionError::Oversized(len));
-                }
-                let len = len as usize;
-                if let Some(body) = body.get(..len) {
+            if let Some(len) = body_len(buffered)? {
+                if let Some(body) = buffered.get(4..4 + len) {
                     let body = Bytes::copy_from_slice(body);
                     self.start += 4 + len;
                     return Ok(Some(body));
@@ -90,9 +136,9 @@ impl<S: Source> Framer<S> {
                     break len;
                 }
             }
-            let partial_length = buffered.len() < 4;
+            let buffered = buffered.len();
             if !self.read_ahead()? {
-                return if partial_length { Ok(None) } else { Err(SessionError::Truncated) };
+                return ended(buffered);
             }
         };
         // Larger than the read-ahead buffer: the rest goes straight into the packet's own buffer.
@@ -113,18 +159,10 @@ impl<S: Source> Framer<S> {
         }
         Ok(Some(Bytes::from(body)))
     }
-
-    /// Reads more into `ahead` after making room (what was consumed goes, a partial packet
-    /// moves to the front); false at the end of the stream.
-    fn read_ahead(&mut self) -> Result<bool, SessionError> {
-        self.ahead.drain(..self.start);
-        self.start = 0;
-        Ok(self.source.read_into(&mut self.ahead)? > 0)
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Packets of every size class (empty, read ahead together, straddling the read-ahead
     //! buffer's end, larger than it) through sources that return short reads at arbitrary
     //! points, and every way a stream can end.
@@ -146,12 +184,12 @@ mod tests {
         }
     }
 
-    fn framed(bodies: &[Vec<u8>]) -> Vec<u8> {
+    pub(crate) fn framed(bodies: &[Vec<u8>]) -> Vec<u8> {
         bodies.iter().flat_map(|b| [&(b.len() as u32).to_be_bytes()[..], b].concat()).collect()
     }
 
     /// Bodies of many sizes whose bytes differ from packet to packet and within one.
-    fn bodies() -> Vec<Vec<u8>> {
+    pub(crate) fn bodies() -> Vec<Vec<u8>> {
         let sizes = [0, 1, 13, 4000, 32 * 1024, READ_AHEAD - 4, READ_AHEAD - 3, READ_AHEAD, 100_000, codec::MAX_IO as usize, 7, 29];
         let mut sizes = sizes.repeat(3);
         // Many small requests in a row, as pipelined clients send them.

@@ -14,7 +14,7 @@ use super::accounts::Accounts;
 use super::codec::{self, Attrs, NameEntry, Request, Response, StatVfs, StatusCode, pflags};
 pub use super::engine::SessionError;
 use super::engine::{self, MAX_HANDLES, Operations, Outcome, status};
-use super::framing::Source;
+use super::framing::Packets;
 use super::listing;
 use super::requests;
 use crate::confined::{self, Metadata, Root};
@@ -41,7 +41,7 @@ pub struct Options {
 
 /// Serves one SFTP session on `input`/`output` until the client closes the stream or sends
 /// something malformed. Blocks the calling thread.
-pub fn serve<R: Source, W: io::Write + Send>(root: Root, options: Options, input: R, output: W) -> Result<(), SessionError> {
+pub fn serve<R: Packets, W: io::Write + Send>(root: Root, options: Options, input: R, output: W) -> Result<(), SessionError> {
     engine::serve(Server { root, options }, input, output)
 }
 

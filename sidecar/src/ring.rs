@@ -1,0 +1,500 @@
+//! What a client sends to its SFTP session, handed from the front end to the session's worker
+//! in memory they share instead of through a pipe (issue 16). A pipe cost a kernel copy in, a
+//! kernel copy out, and a page allocated, charged to the memory cgroup and freed per 4 KiB; here
+//! the front end copies each SSH packet's data once into a ring of `RING_BYTES`, and the worker
+//! reads requests where they lie: a large body (a WRITE's data) goes from the ring to the file
+//! without another copy, and its room is given back when the request is done with it.
+//!
+//! The ring is a memfd made by the front end and sealed against shrinking and growing (a worker
+//! cannot make the front end's mapping fault; punching holes only zeroes pages), sent to the worker over its stdin, a stream socket,
+//! and mapped twice in a row so that every packet is contiguous wherever it wraps. A header page
+//! holds `written` (bytes the front end has put in, written only by it), `consumed` (bytes the
+//! worker is done with, written only by it) and a flag per side saying it sleeps on the socket:
+//! a byte on the socket means "look again" (more data for the worker, more room for the front
+//! end). The worker runs as the app's user: the front end reads nothing from the shared memory
+//! but `consumed` and the worker's flag, and takes `consumed` only between what it saw last and
+//! what it wrote.
+
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use tokio::io::AsyncReadExt;
+
+/// The room for requests not yet read, like the 1 MiB pipe it replaces; it must hold the
+/// largest packet with its length field (checked in `sftp::framing`).
+pub const RING_BYTES: usize = 1024 * 1024;
+/// Bodies at least this large are lent from the ring; smaller ones are copied out at once, so a
+/// small request that waits (in its handle's lane, or for the disk) never holds the ring's room.
+const LEND_FROM: usize = 16 * 1024;
+
+/// The shared page: each counter and flag on its own cache line.
+#[repr(C)]
+struct Header {
+    written: Line<AtomicU64>,
+    consumed: Line<AtomicU64>,
+    worker_asleep: Line<AtomicU32>,
+    front_end_asleep: Line<AtomicU32>,
+}
+
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+/// One side's view of the ring's memory.
+struct Mapping {
+    header: Unmap,
+    /// `2 * RING_BYTES`: the ring, then the ring again.
+    data: Unmap,
+}
+
+/// A mapping, unmapped when dropped.
+struct Unmap {
+    at: *mut c_void,
+    len: usize,
+}
+
+impl Drop for Unmap {
+    fn drop(&mut self) {
+        // SAFETY: `at`/`len` is a mapping this process made and nothing refers to it any more
+        // (its owner is being dropped).
+        let _ = unsafe { rustix::mm::munmap(self.at, self.len) };
+    }
+}
+
+// SAFETY: the mappings are plain memory shared with another process anyway; every access goes
+// through atomics (the header) or raw copies of ranges one side owns at the time (the data).
+unsafe impl Send for Unmap {}
+// SAFETY: as above.
+unsafe impl Sync for Unmap {}
+
+fn header_bytes() -> usize {
+    rustix::param::page_size()
+}
+
+impl Mapping {
+    fn new(memfd: &OwnedFd) -> io::Result<Mapping> {
+        let read_write = ProtFlags::READ | ProtFlags::WRITE;
+        // SAFETY: a new shared mapping wherever the kernel puts it; nothing else refers to it.
+        let header = unsafe { rustix::mm::mmap(ptr::null_mut(), header_bytes(), read_write, MapFlags::SHARED, memfd, 0)? };
+        let header = Unmap { at: header, len: header_bytes() };
+        // Room for both copies first, then the ring mapped over each half.
+        // SAFETY: as above, an inaccessible reservation.
+        let data = unsafe { rustix::mm::mmap_anonymous(ptr::null_mut(), 2 * RING_BYTES, ProtFlags::empty(), MapFlags::PRIVATE)? };
+        let data = Unmap { at: data, len: 2 * RING_BYTES };
+        for half in [0, RING_BYTES] {
+            // SAFETY: MAP_FIXED replaces only our own reservation above (`half + RING_BYTES` is
+            // within it); the memfd is `header_bytes() + RING_BYTES` long (made so, or checked).
+            unsafe {
+                rustix::mm::mmap(
+                    data.at.cast::<u8>().add(half).cast(),
+                    RING_BYTES,
+                    read_write,
+                    MapFlags::SHARED | MapFlags::FIXED,
+                    memfd,
+                    header_bytes() as u64,
+                )?
+            };
+        }
+        Ok(Mapping { header, data })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is a page (≥ the header's size, page-aligned), lives as long as
+        // `self`, and atomics are valid for any bytes (a new memfd is zeros).
+        unsafe { &*self.header.at.cast::<Header>() }
+    }
+
+    /// The ring's byte at position `at` (`< RING_BYTES`), followed by `RING_BYTES` mapped bytes.
+    fn data(&self, at: u64) -> *mut u8 {
+        // SAFETY: `at % RING_BYTES < RING_BYTES`: within the first copy of the ring.
+        unsafe { self.data.at.cast::<u8>().add((at % RING_BYTES as u64) as usize) }
+    }
+}
+
+/// The worker's `consumed` was not between what the front end saw last and what it wrote.
+#[derive(Debug, thiserror::Error)]
+#[error("the SFTP worker claims {claimed} bytes of its input consumed, outside {seen}..={written}")]
+pub struct Broken {
+    claimed: u64,
+    seen: u64,
+    written: u64,
+}
+
+/// The front end's end: puts client data into the ring.
+pub struct Producer {
+    map: Mapping,
+    /// What this side wrote; never read back from the shared page.
+    written: u64,
+    consumed: u64,
+}
+
+impl Producer {
+    /// A new ring and the sealed memfd to hand the worker.
+    pub fn create() -> io::Result<(Producer, OwnedFd)> {
+        let memfd = rustix::fs::memfd_create("podsftp-input", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&memfd, (header_bytes() + RING_BYTES) as u64)?;
+        rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let map = Mapping::new(&memfd)?;
+        Ok((Producer { map, written: 0, consumed: 0 }, memfd))
+    }
+
+    /// Copies as much of `data` as there is room for; how much.
+    pub fn push(&mut self, data: &[u8]) -> Result<usize, Broken> {
+        let n = self.room()?.min(data.len());
+        if n > 0 {
+            // SAFETY: `n <= RING_BYTES` bytes from `data(written)` stay within the double mapping;
+            // they are room the worker gave back (it reads only below `written`, which passes
+            // them only after the copy).
+            unsafe { ptr::copy_nonoverlapping(data.as_ptr(), self.map.data(self.written), n) };
+            self.written += n as u64;
+            self.map.header().written.0.store(self.written, Ordering::Release);
+        }
+        Ok(n)
+    }
+
+    fn room(&mut self) -> Result<usize, Broken> {
+        let claimed = self.map.header().consumed.0.load(Ordering::Acquire);
+        if claimed < self.consumed || claimed > self.written {
+            return Err(Broken { claimed, seen: self.consumed, written: self.written });
+        }
+        self.consumed = claimed;
+        Ok(RING_BYTES - (self.written - claimed) as usize)
+    }
+
+    /// After a push: whether the worker sleeps on the socket and needs a byte to wake up (it is
+    /// marked awake: one byte per sleep).
+    pub fn worker_needs_waking(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.map.header().worker_asleep.0.swap(0, Ordering::Relaxed) != 0
+    }
+
+    /// Marks this side asleep for want of room, unless there is room now (true).
+    pub fn sleep_unless_room(&mut self) -> Result<bool, Broken> {
+        self.map.header().front_end_asleep.0.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let room = self.room()? > 0;
+        if room {
+            self.map.header().front_end_asleep.0.store(0, Ordering::Relaxed);
+        }
+        Ok(room)
+    }
+}
+
+/// The front end's end with its socket: what `Handler::data` writes to.
+pub struct Sender {
+    ring: Producer,
+    socket: tokio::net::UnixStream,
+}
+
+impl Sender {
+    /// Makes the ring and sends it on `socket` (the other end is the worker's stdin).
+    pub fn new(socket: OwnedFd) -> io::Result<Sender> {
+        let (ring, memfd) = Producer::create()?;
+        let fds = [memfd.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        // One byte into a new socket's empty buffer: never waits.
+        rustix::net::sendmsg(&socket, &[IoSlice::new(&[0])], &mut control, SendFlags::NOSIGNAL)?;
+        let socket = std::os::unix::net::UnixStream::from(socket);
+        socket.set_nonblocking(true)?;
+        Ok(Sender { ring, socket: tokio::net::UnixStream::from_std(socket)? })
+    }
+
+    /// Puts all of `data` into the ring, waiting for room as needed; an error once the worker is
+    /// gone or broke the ring.
+    pub async fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
+        loop {
+            let n = self.ring.push(data).map_err(io::Error::other)?;
+            data = &data[n..];
+            if n > 0 && self.ring.worker_needs_waking() {
+                // Straight to the socket: tokio's `try_write` answers WouldBlock without trying
+                // until its reactor has seen the socket writable, which lost the first wake-up.
+                match rustix::net::send(&self.socket, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                    // A full socket already holds a byte the worker has not read.
+                    Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+            while !self.ring.sleep_unless_room().map_err(io::Error::other)? {
+                // A read that yields to the runtime's budget: a worker that floods the socket
+                // cannot keep this task, and its connection's other futures, from yielding.
+                if self.socket.read(&mut [0; 256]).await? == 0 {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+            }
+        }
+    }
+}
+
+/// The worker's end: requests are read where they lie in the ring.
+pub struct Consumer {
+    shared: Arc<Shared>,
+    /// What was cut into packets so far.
+    framed: u64,
+}
+
+struct Shared {
+    map: Mapping,
+    socket: OwnedFd,
+    /// From the oldest body still lent out on: the end of each packet cut since, and whether its
+    /// body is back (copied ones are at once); `consumed` stops at the oldest still out.
+    lent: Mutex<VecDeque<(u64, bool)>>,
+}
+
+impl Consumer {
+    /// Receives the ring on `socket` (stdin) from `Sender::new`.
+    pub fn receive(socket: OwnedFd) -> io::Result<Consumer> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut byte = [0];
+        rustix::net::recvmsg(&socket, &mut [IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+        let memfd = control.drain().find_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        });
+        let memfd = memfd.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no input ring on stdin"))?;
+        let size = rustix::fs::fstat(&memfd)?.st_size;
+        if u64::try_from(size).ok() != Some((header_bytes() + RING_BYTES) as u64) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the input ring is {size} bytes")));
+        }
+        let map = Mapping::new(&memfd)?;
+        Ok(Consumer { shared: Arc::new(Shared { map, socket, lent: Mutex::new(VecDeque::new()) }), framed: 0 })
+    }
+
+    /// The bytes written past what was cut into packets (contiguous, at most `RING_BYTES`).
+    pub fn buffered(&self) -> io::Result<&[u8]> {
+        let written = self.shared.map.header().written.0.load(Ordering::Acquire);
+        let len = written.checked_sub(self.framed).filter(|&n| n <= RING_BYTES as u64);
+        let len = len.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the input ring's counters disagree"))?;
+        // SAFETY: at most `RING_BYTES` from `data(framed)` lie in the double mapping; the front
+        // end wrote them before `written` passed them and writes only into room given back, which
+        // these bytes are not until they are consumed.
+        Ok(unsafe { std::slice::from_raw_parts(self.shared.map.data(self.framed), len as usize) })
+    }
+
+    /// Waits until more than the `shown` bytes `buffered` showed are written; false once the
+    /// front end is gone and everything it wrote was shown.
+    pub fn wait(&self, shown: usize) -> io::Result<bool> {
+        let header = self.shared.map.header();
+        let more = || header.written.0.load(Ordering::Acquire) > self.framed + shown as u64;
+        loop {
+            if more() {
+                return Ok(true);
+            }
+            header.worker_asleep.0.store(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if more() {
+                header.worker_asleep.0.store(0, Ordering::Relaxed);
+                return Ok(true);
+            }
+            let read = loop {
+                match rustix::io::read(&self.shared.socket, &mut [0; 64]) {
+                    Err(rustix::io::Errno::INTR) => {}
+                    // The front end closed its end with a doorbell byte of ours unread: an end
+                    // like any other (what it wrote is in the ring).
+                    Err(rustix::io::Errno::CONNRESET) => break 0,
+                    read => break read?,
+                }
+            };
+            header.worker_asleep.0.store(0, Ordering::Relaxed);
+            if read == 0 {
+                return Ok(more());
+            }
+        }
+    }
+
+    /// Cuts the next `skip + len` buffered bytes off as a packet whose body is the last `len`:
+    /// lent from the ring when large (its room comes back when the last `Bytes` of it is
+    /// dropped), else copied. The caller saw them in `buffered`.
+    pub fn take(&mut self, skip: usize, len: usize) -> io::Result<Bytes> {
+        let end = self.framed + (skip + len) as u64;
+        let start = self.framed + skip as u64;
+        let body = self.buffered()?.get(skip..skip + len).ok_or_else(|| io::Error::other("packet cut beyond the written bytes"))?;
+        let body = if len < LEND_FROM {
+            let body = Bytes::copy_from_slice(body);
+            self.shared.done(end, false);
+            body
+        } else {
+            lock(&self.shared.lent).push_back((end, false));
+            Bytes::from_owner(Lent { shared: self.shared.clone(), start, len, end })
+        };
+        self.framed = end;
+        Ok(body)
+    }
+}
+
+/// A body lent from the ring.
+struct Lent {
+    shared: Arc<Shared>,
+    start: u64,
+    len: usize,
+    end: u64,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len <= RING_BYTES` bytes at `data(start)`, in the double mapping; the front
+        // end does not write there until `consumed` passes `end`, which waits for this drop.
+        unsafe { std::slice::from_raw_parts(self.shared.map.data(self.start), self.len) }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.shared.done(self.end, true);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The ring up to `end` is done with (`was_lent`: a lent body came back); gives the room
+    /// back as far as no lent body precedes it, and wakes the front end if it waits for room.
+    fn done(&self, end: u64, was_lent: bool) {
+        let mut lent = lock(&self.lent);
+        if was_lent {
+            if let Ok(i) = lent.binary_search_by_key(&end, |&(e, _)| e) {
+                lent[i].1 = true;
+            }
+        } else if !lent.is_empty() {
+            lent.push_back((end, true));
+            return;
+        }
+        let mut consumed = if was_lent { None } else { Some(end) };
+        while let Some(&(e, true)) = lent.front() {
+            consumed = Some(e);
+            lent.pop_front();
+        }
+        let Some(consumed) = consumed else { return };
+        // Under the lock: `consumed` only grows.
+        let header = self.map.header();
+        header.consumed.0.store(consumed, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if header.front_end_asleep.0.swap(0, Ordering::Relaxed) != 0 {
+            // A full socket already holds a byte; a front end that is gone needs none.
+            let _ = rustix::net::send(&self.socket, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Both ends in one process (two mappings of one memfd, as in two processes): every byte
+    //! arrives in order through wrap-arounds and a full ring, with bodies held and given back
+    //! out of order; a worker's lies about `consumed` are refused; the memfd cannot shrink.
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sftp::framing::{
+        Packets,
+        tests::{bodies, framed},
+    };
+
+    fn pair() -> (Sender, Consumer) {
+        let (front, worker) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        (Sender::new(front).unwrap(), Consumer::receive(worker).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_body_arrives_whole_through_a_full_ring_with_bodies_held_out_of_order() {
+        let bodies = bodies();
+        let stream = framed(&bodies);
+        let (mut sender, mut consumer) = pair();
+        let expected = bodies.clone();
+        let worker = std::thread::spawn(move || {
+            // Keeps up to two bodies and gives back the older or the newer in turn, so bodies
+            // come back out of order. (Not more: the engine gives every body back without
+            // waiting for more input, a test that holds them must leave room for the next.)
+            let mut held = VecDeque::new();
+            for (i, body) in expected.iter().enumerate() {
+                let got = consumer.next_packet().unwrap().unwrap_or_else(|| panic!("packet {i} missing"));
+                assert!(got == body[..], "packet {i} of {} bytes differs", body.len());
+                held.push_back(got);
+                if held.len() == 3 {
+                    held.remove(i % 2);
+                }
+                if i % 7 == 0 {
+                    held.clear();
+                }
+            }
+            drop(held);
+            assert!(consumer.next_packet().unwrap().is_none(), "a packet after the last");
+        });
+        for piece in stream.chunks(32 * 1024 + 13) {
+            sender.send(piece).await.unwrap();
+        }
+        drop(sender);
+        tokio::task::spawn_blocking(move || worker.join()).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_claims_too_much_is_refused() {
+        let (mut sender, consumer) = pair();
+        sender.send(b"abcd").await.unwrap();
+        for claimed in [5, u64::MAX] {
+            consumer.shared.map.header().consumed.0.store(claimed, Ordering::Release);
+            let error = sender.send(b"e").await.unwrap_err();
+            assert!(error.to_string().contains(&format!("claims {claimed} bytes of its input consumed, outside 0..=4")), "{error}");
+        }
+        consumer.shared.map.header().consumed.0.store(2, Ordering::Release);
+        sender.send(b"e").await.unwrap();
+        consumer.shared.map.header().consumed.0.store(1, Ordering::Release);
+        let error = sender.send(b"f").await.unwrap_err();
+        assert!(error.to_string().contains("claims 1 bytes of its input consumed, outside 2..=5"), "{error}");
+    }
+
+    #[test]
+    fn the_first_request_wakes_a_worker_already_waiting() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (mut sender, mut consumer) = runtime.block_on(async { pair() });
+        let shared = consumer.shared.clone();
+        let (got, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || got.send(consumer.next_packet().unwrap().map(|body| body.to_vec())));
+        while shared.map.header().worker_asleep.0.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        runtime.block_on(sender.send(&framed(&[b"first".to_vec()]))).unwrap();
+        assert_eq!(received.recv_timeout(Duration::from_secs(5)), Ok(Some(b"first".to_vec())), "the worker was not woken");
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_cleanly_though_the_front_end_left_a_doorbell_unread() {
+        let (mut sender, mut consumer) = pair();
+        // A byte the worker rang while the front end found room by itself (a race of every
+        // upload that fills the ring): closing a socket with unread bytes resets the peer's.
+        rustix::net::send(&consumer.shared.socket, &[1], SendFlags::empty()).unwrap();
+        sender.send(&framed(&[b"last".to_vec()])).await.unwrap();
+        drop(sender);
+        assert_eq!(consumer.next_packet().unwrap().as_deref(), Some(&b"last"[..]));
+        assert!(consumer.next_packet().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_worker_cannot_resize_the_ring() {
+        let (_ring, memfd) = Producer::create().unwrap();
+        for size in [0, 2 * (header_bytes() + RING_BYTES) as u64] {
+            assert_eq!(rustix::fs::ftruncate(&memfd, size), Err(rustix::io::Errno::PERM), "resize to {size}");
+        }
+    }
+}
