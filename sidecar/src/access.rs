@@ -221,10 +221,16 @@ impl Access {
         }
     }
 
-    /// Starts the worker for one SFTP session: the client's requests go into the returned ring
-    /// (its socket is the worker's stdin), the replies come on its stdout, and its counts
-    /// (`sftp::tally`) on the returned pipe.
-    pub fn spawn_sftp(&self, resolved: &Resolved, user: &str, client: &str) -> std::io::Result<(Child, ring::Sender, OwnedFd)> {
+    /// Starts the worker for one SFTP session: the client's requests go into the returned
+    /// `Sender`'s ring (its socket is the worker's stdin), the replies come out of the
+    /// `Receiver`'s (its socket is the worker's stdout), and its counts (`sftp::tally`) on the
+    /// returned pipe.
+    pub fn spawn_sftp(
+        &self,
+        resolved: &Resolved,
+        user: &str,
+        client: &str,
+    ) -> std::io::Result<(Child, ring::Sender, ring::Receiver, OwnedFd)> {
         let mut cmd = self.worker_command("sftp", resolved.become_identity.as_ref());
         self.root_args(&mut cmd, resolved);
         if self.read_only {
@@ -237,10 +243,11 @@ impl Access {
         if let Some(pid) = resolved.pid {
             cmd.arg("--target-pid").arg(pid.to_string());
         }
-        let (input, worker_input) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
-        let input = ring::Sender::new(input)?;
-        cmd.arg("--input-ring");
-        cmd.stdin(Stdio::from(worker_input)).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let sockets = || rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None);
+        let ((requests, worker_requests), (replies, worker_replies)) = (sockets()?, sockets()?);
+        let (requests, replies) = (ring::Sender::new(requests)?, ring::Receiver::new(replies)?);
+        cmd.arg("--rings");
+        cmd.stdin(Stdio::from(worker_requests)).stdout(Stdio::from(worker_replies)).stderr(Stdio::inherit());
         // The worker's end is a duplicate without close-on-exec, passed by number: a pre_exec hook
         // that moved it would turn this posix_spawn into a fork of the whole front end (measured
         // 1-3 ms more per SFTP channel). A worker started by another session at the same moment
@@ -251,7 +258,7 @@ impl Access {
         cmd.arg("--report-fd").arg(inherited.as_raw_fd().to_string());
         let child = cmd.spawn()?;
         drop(inherited);
-        Ok((child, input, reports))
+        Ok((child, requests, replies, reports))
     }
 
     pub fn describe(&self) -> String {

@@ -1,19 +1,20 @@
-//! What a client sends to its SFTP session, handed from the front end to the session's worker
-//! in memory they share instead of through a pipe (issue 16). A pipe cost a kernel copy in, a
-//! kernel copy out, and a page allocated, charged to the memory cgroup and freed per 4 KiB; here
-//! the front end copies each SSH packet's data once into a ring of `RING_BYTES`, and the worker
-//! reads requests where they lie: a large body (a WRITE's data) goes from the ring to the file
-//! without another copy, and its room is given back when the request is done with it.
+//! The bytes between the front end and a session's worker, in memory they share instead of
+//! pipes (issue 16): one ring for the client's requests (front end to worker) and one for the
+//! worker's replies (worker to front end). A pipe cost a kernel copy in, a kernel copy out, and a
+//! page allocated, charged to the memory cgroup and freed per 4 KiB; a ring costs one copy in
+//! user space. The worker reads requests where they lie: a large body (a WRITE's data) goes from
+//! the ring to the file without another copy, and its room is given back when the request is
+//! done with it.
 //!
-//! The ring is a memfd made by the front end and sealed against shrinking and growing (a worker
-//! cannot make the front end's mapping fault; punching holes only zeroes pages), sent to the worker over its stdin, a stream socket,
-//! and mapped twice in a row so that every packet is contiguous wherever it wraps. A header page
-//! holds `written` (bytes the front end has put in, written only by it), `consumed` (bytes the
-//! worker is done with, written only by it) and a flag per side saying it sleeps on the socket:
-//! a byte on the socket means "look again" (more data for the worker, more room for the front
-//! end). The worker runs as the app's user: the front end reads nothing from the shared memory
-//! but `consumed` and the worker's flag, and takes `consumed` only between what it saw last and
-//! what it wrote.
+//! Each ring is a memfd made by the front end and sealed against shrinking and growing (a worker
+//! cannot make the front end's mapping fault; punching holes only zeroes pages), sent to the
+//! worker over a stream socket (its stdin for requests, its stdout for replies), and mapped twice
+//! in a row so that every packet is contiguous wherever it wraps. A header page holds `written`
+//! (bytes put in, written only by the producer), `consumed` (bytes done with, written only by the
+//! consumer) and a flag per side saying it sleeps on the socket: a byte on the socket means "look
+//! again" (more data for the consumer, more room for the producer). The worker runs as the app's
+//! user: the front end takes the worker's counter only between what it saw last and what the
+//! ring can hold, and copies replies out of the ring without ever making a reference into it.
 
 use std::collections::VecDeque;
 use std::ffi::c_void;
@@ -30,8 +31,8 @@ use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::AsyncReadExt;
 
-/// The room for requests not yet read, like the 1 MiB pipe it replaces; it must hold the
-/// largest packet with its length field (checked in `sftp::framing`).
+/// Like the 1 MiB pipes they replace; the requests' ring must hold the largest packet with its
+/// length field (checked in `sftp::framing`).
 pub const RING_BYTES: usize = 1024 * 1024;
 /// Bodies at least this large are lent from the ring; smaller ones are copied out at once, so a
 /// small request that waits (in its handle's lane, or for the disk) never holds the ring's room.
@@ -42,8 +43,8 @@ const LEND_FROM: usize = 16 * 1024;
 struct Header {
     written: Line<AtomicU64>,
     consumed: Line<AtomicU64>,
-    worker_asleep: Line<AtomicU32>,
-    front_end_asleep: Line<AtomicU32>,
+    consumer_asleep: Line<AtomicU32>,
+    producer_asleep: Line<AtomicU32>,
 }
 
 #[repr(C, align(64))]
@@ -81,6 +82,44 @@ fn header_bytes() -> usize {
 }
 
 impl Mapping {
+    /// A new ring, mapped, and its memfd to send to the worker.
+    fn create(name: &str) -> io::Result<(Mapping, OwnedFd)> {
+        let memfd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&memfd, (header_bytes() + RING_BYTES) as u64)?;
+        rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        Ok((Mapping::new(&memfd)?, memfd))
+    }
+
+    /// Makes a ring and sends it on `socket` (the worker's end is its stdin or stdout).
+    fn create_and_send(name: &str, socket: &OwnedFd) -> io::Result<Mapping> {
+        let (map, memfd) = Mapping::create(name)?;
+        let fds = [memfd.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        // One byte into a new socket's empty buffer: never waits.
+        rustix::net::sendmsg(socket, &[IoSlice::new(&[0])], &mut control, SendFlags::NOSIGNAL)?;
+        Ok(map)
+    }
+
+    /// Maps the ring `create_and_send` sent on `socket`.
+    fn receive(socket: &OwnedFd) -> io::Result<Mapping> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut byte = [0];
+        rustix::net::recvmsg(socket, &mut [IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+        let memfd = control.drain().find_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        });
+        let memfd = memfd.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no ring on the socket"))?;
+        let size = rustix::fs::fstat(&memfd)?.st_size;
+        if u64::try_from(size).ok() != Some((header_bytes() + RING_BYTES) as u64) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the ring is {size} bytes")));
+        }
+        Mapping::new(&memfd)
+    }
+
     fn new(memfd: &OwnedFd) -> io::Result<Mapping> {
         let read_write = ProtFlags::READ | ProtFlags::WRITE;
         // SAFETY: a new shared mapping wherever the kernel puts it; nothing else refers to it.
@@ -120,17 +159,24 @@ impl Mapping {
     }
 }
 
-/// The worker's `consumed` was not between what the front end saw last and what it wrote.
+/// The other side's counter was not between what this side saw last and what can be.
 #[derive(Debug, thiserror::Error)]
-#[error("the SFTP worker claims {claimed} bytes of its input consumed, outside {seen}..={written}")]
+#[error("the ring's other side claims {claimed} bytes {counter}, outside {low}..={high}")]
 pub struct Broken {
+    counter: &'static str,
     claimed: u64,
-    seen: u64,
-    written: u64,
+    low: u64,
+    high: u64,
 }
 
-/// The front end's end: puts client data into the ring.
-pub struct Producer {
+impl From<Broken> for io::Error {
+    fn from(broken: Broken) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, broken)
+    }
+}
+
+/// Fills a ring (the front end with requests, the worker with replies); no I/O of its own.
+struct Producer {
     map: Mapping,
     /// What this side wrote; never read back from the shared page.
     written: u64,
@@ -138,22 +184,18 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A new ring and the sealed memfd to hand the worker.
-    pub fn create() -> io::Result<(Producer, OwnedFd)> {
-        let memfd = rustix::fs::memfd_create("podsftp-input", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&memfd, (header_bytes() + RING_BYTES) as u64)?;
-        rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        let map = Mapping::new(&memfd)?;
-        Ok((Producer { map, written: 0, consumed: 0 }, memfd))
+    fn new(map: Mapping) -> Producer {
+        Producer { map, written: 0, consumed: 0 }
     }
 
     /// Copies as much of `data` as there is room for; how much.
-    pub fn push(&mut self, data: &[u8]) -> Result<usize, Broken> {
+    fn push(&mut self, data: &[u8]) -> Result<usize, Broken> {
         let n = self.room()?.min(data.len());
         if n > 0 {
             // SAFETY: `n <= RING_BYTES` bytes from `data(written)` stay within the double mapping;
-            // they are room the worker gave back (it reads only below `written`, which passes
-            // them only after the copy).
+            // they are room the consumer gave back (it reads only below `written`, which passes
+            // them only after the copy). A hostile consumer writing here too only garbles its own
+            // input: nothing is read back.
             unsafe { ptr::copy_nonoverlapping(data.as_ptr(), self.map.data(self.written), n) };
             self.written += n as u64;
             self.map.header().written.0.store(self.written, Ordering::Release);
@@ -164,32 +206,69 @@ impl Producer {
     fn room(&mut self) -> Result<usize, Broken> {
         let claimed = self.map.header().consumed.0.load(Ordering::Acquire);
         if claimed < self.consumed || claimed > self.written {
-            return Err(Broken { claimed, seen: self.consumed, written: self.written });
+            return Err(Broken { counter: "consumed", claimed, low: self.consumed, high: self.written });
         }
         self.consumed = claimed;
         Ok(RING_BYTES - (self.written - claimed) as usize)
     }
 
-    /// After a push: whether the worker sleeps on the socket and needs a byte to wake up (it is
-    /// marked awake: one byte per sleep).
-    pub fn worker_needs_waking(&self) -> bool {
+    /// After a push: whether the consumer sleeps on the socket and needs a byte to wake up (it
+    /// is marked awake: one byte per sleep).
+    fn consumer_needs_waking(&self) -> bool {
         fence(Ordering::SeqCst);
-        self.map.header().worker_asleep.0.swap(0, Ordering::Relaxed) != 0
+        self.map.header().consumer_asleep.0.swap(0, Ordering::Relaxed) != 0
     }
 
     /// Marks this side asleep for want of room, unless there is room now (true).
-    pub fn sleep_unless_room(&mut self) -> Result<bool, Broken> {
-        self.map.header().front_end_asleep.0.store(1, Ordering::Relaxed);
+    fn sleep_unless_room(&mut self) -> Result<bool, Broken> {
+        self.map.header().producer_asleep.0.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let room = self.room()? > 0;
         if room {
-            self.map.header().front_end_asleep.0.store(0, Ordering::Relaxed);
+            self.map.header().producer_asleep.0.store(0, Ordering::Relaxed);
         }
         Ok(room)
     }
 }
 
-/// The front end's end with its socket: what `Handler::data` writes to.
+/// Wakes the other side with a byte on the socket, unless one is waiting there already (a full
+/// socket); an error when the other side is gone.
+fn ring(socket: &impl AsFd) -> io::Result<()> {
+    match rustix::net::send(socket, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+        Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Blocks until a byte arrives on the socket; false when the other side is gone (closed, or
+/// closed with a byte of ours unread: reset).
+fn sleep_on(socket: &OwnedFd) -> io::Result<bool> {
+    loop {
+        match rustix::io::read(socket, &mut [0; 64]) {
+            Err(rustix::io::Errno::INTR) => {}
+            Ok(0) | Err(rustix::io::Errno::CONNRESET) => return Ok(false),
+            read => return read.map(|_| true).map_err(io::Error::from),
+        }
+    }
+}
+
+/// Waits for a byte on the socket through tokio's cooperative budget (a worker that keeps the
+/// socket full still lets the thread serve other connections); false when the worker is gone.
+async fn sleep_on_async(socket: &mut tokio::net::UnixStream) -> io::Result<bool> {
+    match socket.read(&mut [0; 256]).await {
+        Ok(0) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(false),
+        read => read.map(|_| true),
+    }
+}
+
+fn tokio_socket(socket: OwnedFd) -> io::Result<tokio::net::UnixStream> {
+    let socket = std::os::unix::net::UnixStream::from(socket);
+    socket.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(socket)
+}
+
+/// The front end's end of the requests' ring: what `Handler::data` writes to.
 pub struct Sender {
     ring: Producer,
     socket: tokio::net::UnixStream,
@@ -198,44 +277,137 @@ pub struct Sender {
 impl Sender {
     /// Makes the ring and sends it on `socket` (the other end is the worker's stdin).
     pub fn new(socket: OwnedFd) -> io::Result<Sender> {
-        let (ring, memfd) = Producer::create()?;
-        let fds = [memfd.as_fd()];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        control.push(SendAncillaryMessage::ScmRights(&fds));
-        // One byte into a new socket's empty buffer: never waits.
-        rustix::net::sendmsg(&socket, &[IoSlice::new(&[0])], &mut control, SendFlags::NOSIGNAL)?;
-        let socket = std::os::unix::net::UnixStream::from(socket);
-        socket.set_nonblocking(true)?;
-        Ok(Sender { ring, socket: tokio::net::UnixStream::from_std(socket)? })
+        let ring = Producer::new(Mapping::create_and_send("podsftp-requests", &socket)?);
+        Ok(Sender { ring, socket: tokio_socket(socket)? })
     }
 
     /// Puts all of `data` into the ring, waiting for room as needed; an error once the worker is
     /// gone or broke the ring.
     pub async fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
         loop {
-            let n = self.ring.push(data).map_err(io::Error::other)?;
+            let n = self.ring.push(data)?;
             data = &data[n..];
-            if n > 0 && self.ring.worker_needs_waking() {
+            if n > 0 && self.ring.consumer_needs_waking() {
                 // Straight to the socket: tokio's `try_write` answers WouldBlock without trying
                 // until its reactor has seen the socket writable, which lost the first wake-up.
-                match rustix::net::send(&self.socket, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                    // A full socket already holds a byte the worker has not read.
-                    Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                ring(&self.socket)?;
             }
             if data.is_empty() {
                 return Ok(());
             }
-            while !self.ring.sleep_unless_room().map_err(io::Error::other)? {
-                // A read that yields to the runtime's budget: a worker that floods the socket
-                // cannot keep this task, and its connection's other futures, from yielding.
-                if self.socket.read(&mut [0; 256]).await? == 0 {
+            while !self.ring.sleep_unless_room()? {
+                if !sleep_on_async(&mut self.socket).await? {
                     return Err(io::ErrorKind::BrokenPipe.into());
                 }
             }
         }
+    }
+}
+
+/// The worker's end of the replies' ring: its stdout.
+pub struct Writer {
+    ring: Producer,
+    socket: OwnedFd,
+}
+
+impl Writer {
+    /// Receives the ring on `socket` (stdout) from `Receiver::new`.
+    pub fn receive(socket: OwnedFd) -> io::Result<Writer> {
+        Ok(Writer { ring: Producer::new(Mapping::receive(&socket)?), socket })
+    }
+}
+
+impl io::Write for Writer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(data)])
+    }
+
+    /// As much of the slices as there is room for, waiting only while there is none.
+    fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        if slices.iter().all(|slice| slice.is_empty()) {
+            return Ok(0);
+        }
+        while !self.ring.sleep_unless_room()? {
+            if !sleep_on(&self.socket)? {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+        }
+        let mut total = 0;
+        for slice in slices {
+            let n = self.ring.push(slice)?;
+            total += n;
+            if n < slice.len() {
+                break;
+            }
+        }
+        if self.ring.consumer_needs_waking() {
+            ring(&self.socket)?;
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The front end's end of the replies' ring: copied out to the client's channel.
+pub struct Receiver {
+    map: Mapping,
+    socket: tokio::net::UnixStream,
+    consumed: u64,
+    /// The worker's `written` as last taken.
+    written: u64,
+}
+
+impl Receiver {
+    /// Makes the ring and sends it on `socket` (the other end is the worker's stdout).
+    pub fn new(socket: OwnedFd) -> io::Result<Receiver> {
+        let map = Mapping::create_and_send("podsftp-replies", &socket)?;
+        Ok(Receiver { map, socket: tokio_socket(socket)?, consumed: 0, written: 0 })
+    }
+
+    /// Copies what the worker wrote into `buf`, waiting while there is nothing; 0 once the
+    /// worker is gone and all it wrote was read; an error when it broke the ring.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.unread()?.min(buf.len());
+            if n > 0 {
+                // SAFETY: `n <= RING_BYTES` bytes from `data(consumed)` lie in the double
+                // mapping; copied as raw bytes into our own buffer, never referenced, so a worker
+                // writing them meanwhile can garble only its own replies.
+                unsafe { ptr::copy_nonoverlapping(self.map.data(self.consumed), buf.as_mut_ptr(), n) };
+                self.consumed += n as u64;
+                let header = self.map.header();
+                header.consumed.0.store(self.consumed, Ordering::Release);
+                fence(Ordering::SeqCst);
+                if header.producer_asleep.0.swap(0, Ordering::Relaxed) != 0 {
+                    ring(&self.socket)?;
+                }
+                return Ok(n);
+            }
+            self.map.header().consumer_asleep.0.store(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if self.unread()? > 0 {
+                self.map.header().consumer_asleep.0.store(0, Ordering::Relaxed);
+                continue;
+            }
+            if !sleep_on_async(&mut self.socket).await? && self.unread()? == 0 {
+                return Ok(0);
+            }
+        }
+    }
+
+    /// Bytes written and not yet read, from the worker's `written` (taken only between what was
+    /// taken before and a full ring).
+    fn unread(&mut self) -> Result<usize, Broken> {
+        let claimed = self.map.header().written.0.load(Ordering::Acquire);
+        let high = self.consumed + RING_BYTES as u64;
+        if claimed < self.written || claimed > high {
+            return Err(Broken { counter: "written", claimed, low: self.written, high });
+        }
+        self.written = claimed;
+        Ok((claimed - self.consumed) as usize)
     }
 }
 
@@ -257,20 +429,7 @@ struct Shared {
 impl Consumer {
     /// Receives the ring on `socket` (stdin) from `Sender::new`.
     pub fn receive(socket: OwnedFd) -> io::Result<Consumer> {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut byte = [0];
-        rustix::net::recvmsg(&socket, &mut [IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
-        let memfd = control.drain().find_map(|message| match message {
-            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
-            _ => None,
-        });
-        let memfd = memfd.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no input ring on stdin"))?;
-        let size = rustix::fs::fstat(&memfd)?.st_size;
-        if u64::try_from(size).ok() != Some((header_bytes() + RING_BYTES) as u64) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the input ring is {size} bytes")));
-        }
-        let map = Mapping::new(&memfd)?;
+        let map = Mapping::receive(&socket)?;
         Ok(Consumer { shared: Arc::new(Shared { map, socket, lent: Mutex::new(VecDeque::new()) }), framed: 0 })
     }
 
@@ -294,23 +453,15 @@ impl Consumer {
             if more() {
                 return Ok(true);
             }
-            header.worker_asleep.0.store(1, Ordering::Relaxed);
+            header.consumer_asleep.0.store(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if more() {
-                header.worker_asleep.0.store(0, Ordering::Relaxed);
+                header.consumer_asleep.0.store(0, Ordering::Relaxed);
                 return Ok(true);
             }
-            let read = loop {
-                match rustix::io::read(&self.shared.socket, &mut [0; 64]) {
-                    Err(rustix::io::Errno::INTR) => {}
-                    // The front end closed its end with a doorbell byte of ours unread: an end
-                    // like any other (what it wrote is in the ring).
-                    Err(rustix::io::Errno::CONNRESET) => break 0,
-                    read => break read?,
-                }
-            };
-            header.worker_asleep.0.store(0, Ordering::Relaxed);
-            if read == 0 {
+            let awake = sleep_on(&self.shared.socket)?;
+            header.consumer_asleep.0.store(0, Ordering::Relaxed);
+            if !awake {
                 return Ok(more());
             }
         }
@@ -385,9 +536,9 @@ impl Shared {
         let header = self.map.header();
         header.consumed.0.store(consumed, Ordering::Release);
         fence(Ordering::SeqCst);
-        if header.front_end_asleep.0.swap(0, Ordering::Relaxed) != 0 {
-            // A full socket already holds a byte; a front end that is gone needs none.
-            let _ = rustix::net::send(&self.socket, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+        if header.producer_asleep.0.swap(0, Ordering::Relaxed) != 0 {
+            // A front end that is gone needs no wake-up.
+            let _ = ring(&self.socket);
         }
     }
 }
@@ -405,15 +556,65 @@ mod tests {
         tests::{bodies, framed},
     };
 
+    fn sockets() -> (OwnedFd, OwnedFd) {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap()
+    }
+
     fn pair() -> (Sender, Consumer) {
-        let (front, worker) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::STREAM,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
+        let (front, worker) = sockets();
         (Sender::new(front).unwrap(), Consumer::receive(worker).unwrap())
+    }
+
+    fn replies() -> (Receiver, Writer) {
+        let (front, worker) = sockets();
+        (Receiver::new(front).unwrap(), Writer::receive(worker).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_reply_byte_arrives_in_order_through_a_full_ring_and_the_end_is_seen() {
+        use std::io::Write;
+        let stream = framed(&bodies());
+        let (mut receiver, mut writer) = replies();
+        let expected = stream.clone();
+        // Header and payload in one vectored write, as the engine writes a reply.
+        let worker = std::thread::spawn(move || {
+            for reply in expected.chunks(40_000) {
+                let (header, payload) = reply.split_at(reply.len().min(13));
+                let mut slices = [IoSlice::new(header), IoSlice::new(payload)];
+                let mut slices = &mut slices[..];
+                while !slices.is_empty() {
+                    let n = writer.write_vectored(slices).unwrap();
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+            }
+        });
+        let mut got = Vec::new();
+        // Smaller reads than the writes, so the ring fills up.
+        let mut buf = vec![0; 7_000];
+        loop {
+            let n = receiver.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        tokio::task::spawn_blocking(move || worker.join()).await.unwrap().unwrap();
+        assert!(got == stream, "{} bytes received of {}", got.len(), stream.len());
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_claims_more_replies_than_the_ring_holds_is_refused() {
+        use std::io::Write;
+        let (mut receiver, mut writer) = replies();
+        writer.write_all(b"abc").unwrap();
+        assert_eq!(receiver.read(&mut [0; 2]).await.unwrap(), 2);
+        for claimed in [2, RING_BYTES as u64 + 3] {
+            writer.ring.map.header().written.0.store(claimed, Ordering::Release);
+            let error = receiver.read(&mut [0; 8]).await.unwrap_err();
+            let high = RING_BYTES + 2;
+            assert!(error.to_string().contains(&format!("claims {claimed} bytes written, outside 3..={high}")), "{error}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,13 +656,13 @@ mod tests {
         for claimed in [5, u64::MAX] {
             consumer.shared.map.header().consumed.0.store(claimed, Ordering::Release);
             let error = sender.send(b"e").await.unwrap_err();
-            assert!(error.to_string().contains(&format!("claims {claimed} bytes of its input consumed, outside 0..=4")), "{error}");
+            assert!(error.to_string().contains(&format!("claims {claimed} bytes consumed, outside 0..=4")), "{error}");
         }
         consumer.shared.map.header().consumed.0.store(2, Ordering::Release);
         sender.send(b"e").await.unwrap();
         consumer.shared.map.header().consumed.0.store(1, Ordering::Release);
         let error = sender.send(b"f").await.unwrap_err();
-        assert!(error.to_string().contains("claims 1 bytes of its input consumed, outside 2..=5"), "{error}");
+        assert!(error.to_string().contains("claims 1 bytes consumed, outside 2..=5"), "{error}");
     }
 
     #[test]
@@ -471,7 +672,7 @@ mod tests {
         let shared = consumer.shared.clone();
         let (got, received) = std::sync::mpsc::channel();
         std::thread::spawn(move || got.send(consumer.next_packet().unwrap().map(|body| body.to_vec())));
-        while shared.map.header().worker_asleep.0.load(Ordering::SeqCst) == 0 {
+        while shared.map.header().consumer_asleep.0.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         runtime.block_on(sender.send(&framed(&[b"first".to_vec()]))).unwrap();
@@ -492,7 +693,7 @@ mod tests {
 
     #[test]
     fn the_worker_cannot_resize_the_ring() {
-        let (_ring, memfd) = Producer::create().unwrap();
+        let (_ring, memfd) = Mapping::create("test").unwrap();
         for size in [0, 2 * (header_bytes() + RING_BYTES) as u64] {
             assert_eq!(rustix::fs::ftruncate(&memfd, size), Err(rustix::io::Errno::PERM), "resize to {size}");
         }

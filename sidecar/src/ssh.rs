@@ -2,9 +2,9 @@
 //! subsystem, each SFTP channel piped to its own worker process.
 //!
 //! Flow control: client data arrives in `Handler::data` (inside russh's session loop), which
-//! copies it straight into the worker's input ring (`crate::ring`, 1 MiB), so the loop only
-//! waits when the worker is far behind; the worker's stdout is copied to the channel by another
-//! task through russh's window-aware writer. Neither direction can hold the other up. Writing
+//! copies it straight into the worker's ring of requests (`crate::ring`, 1 MiB), so the loop
+//! only waits when the worker is far behind; the worker's ring of replies is copied to the
+//! channel by another task through russh's window-aware writer. Neither direction can hold the other up. Writing
 //! from the loop itself, rather than through a queue and a task, saves a copy, an allocation and
 //! a task wake-up per SSH packet (see "Benchmarks (SFTP)" in the README).
 //!
@@ -28,9 +28,9 @@ use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, ChildStdout};
+use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::access::Access;
@@ -51,7 +51,7 @@ const PREAUTH_BYTES: u64 = 64 * 1024;
 /// How often a channel whose worker stopped reading checks that the client is still connected.
 const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a client may go on sending requests while not reading a single reply: its worker
-/// then waits on its input ring and its output pipe, russh's loop waits for the worker and
+/// then waits on both its rings, russh's loop waits for the worker and
 /// stops reading the socket, so not even a hang-up could be seen (the client's FIN queues
 /// behind unsent data). No client that reads its replies gets here.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
@@ -226,15 +226,12 @@ impl Connection {
         let user = self.user.clone().ok_or("not authenticated")?;
         let (channel, slot) = self.opened.remove(&channel_id).ok_or("unknown channel")?;
         let resolved = self.access.resolve().await.map_err(|e| e.to_string())?;
-        let (mut child, input, reports) =
+        let (child, input, replies, reports) =
             self.access.spawn_sftp(&resolved, &user, &self.peer.to_string()).map_err(|e| format!("cannot start the SFTP worker: {e}"))?;
         let reports =
             tokio::net::unix::pipe::Receiver::from_owned_fd(reports).map_err(|e| format!("the SFTP worker's report pipe: {e}"))?;
         let metrics = self.stats.metrics.clone();
         tokio::spawn(async move { metrics.add_reports(reports).await });
-        let Some(stdout) = child.stdout.take() else {
-            return Err("worker has no output pipe".into());
-        };
         let (stop, stopped) = oneshot::channel();
         let output = Arc::new(OutputProgress::default());
         // The worker's input is closed when this entry goes (channel closed, connection ended).
@@ -247,11 +244,11 @@ impl Connection {
         let stats = self.stats.clone();
         tokio::spawn(async move {
             let channel_gone = tokio::select! {
-                () = copy_output(stdout, writer, &stats, &output) => false,
+                () = copy_output(replies, writer, &stats, &output) => false,
                 _ = stopped => true,
             };
-            // The worker's input is gone with its `Running` when the channel is; its stdout now: a
-            // worker blocked on either sees EOF/EPIPE and exits.
+            // The worker's requests are gone with its `Running` when the channel is; its replies
+            // now: a worker waiting on either ring sees its socket closed and exits.
             let code = reap(child).await;
             // The slot is free only now that the worker is gone.
             drop(slot);
@@ -265,11 +262,16 @@ impl Connection {
     }
 }
 
-/// Copies the worker's output to the channel until either ends.
-async fn copy_output(mut stdout: ChildStdout, mut writer: impl tokio::io::AsyncWrite + Unpin, stats: &Stats, progress: &OutputProgress) {
+/// Copies the worker's replies to the channel until either ends.
+async fn copy_output(
+    mut replies: ring::Receiver,
+    mut writer: impl tokio::io::AsyncWrite + Unpin,
+    stats: &Stats,
+    progress: &OutputProgress,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match stdout.read(&mut buf).await {
+        let n = match replies.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };

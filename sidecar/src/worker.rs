@@ -1,7 +1,7 @@
 //! The worker process: one SFTP session (or a probe, or a container search) after taking the
 //! target's identity. Runs `privilege::become_identity` before it has threads and before it
-//! touches `/proc/<pid>/...`; speaks SFTP on stdin/stdout (with `--input-ring`, requests arrive
-//! in the front end's ring, `crate::ring`, which comes on stdin).
+//! touches `/proc/<pid>/...`; speaks SFTP on stdin/stdout (with `--rings`, through the front
+//! end's rings, `crate::ring`, which come on stdin and stdout).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -17,7 +17,7 @@ use rustix::fs::OFlags;
 
 use crate::confined::Root;
 use crate::privilege;
-use crate::ring::Consumer;
+use crate::ring::{Consumer, Writer};
 use crate::sftp::accounts::Accounts;
 use crate::sftp::engine::SessionError;
 use crate::sftp::framing::Framer;
@@ -44,8 +44,8 @@ enum WorkerError {
     Environ { unreadable: Vec<(u32, io::Error)> },
     #[error(transparent)]
     Session(SessionError),
-    #[error("cannot receive the input ring on stdin: {0}")]
-    InputRing(io::Error),
+    #[error("cannot receive the front end's rings on stdin and stdout: {0}")]
+    Rings(io::Error),
 }
 
 #[derive(Debug, Args)]
@@ -90,10 +90,10 @@ enum Mode {
         user: String,
         #[arg(long)]
         client: String,
-        /// Stdin is a socket that brings the front end's ring of requests (`crate::ring`),
-        /// not the requests themselves.
+        /// Stdin and stdout are sockets that bring the front end's rings of requests and
+        /// replies (`crate::ring`), not the SFTP stream itself.
         #[arg(long)]
-        input_ring: bool,
+        rings: bool,
         /// The served process: the session ends when it exits (the container restarted).
         #[arg(long)]
         target_pid: Option<u32>,
@@ -205,14 +205,14 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     match args.mode {
         Mode::Probe { who, root } => answer(take_identity(&who).and_then(|()| open_root(&root)).map(drop)),
         Mode::Find { who, container, pids } => answer(take_identity(&who).and_then(|()| find(&container, &pids))),
-        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, input_ring, target_pid, report_fd } => {
+        Mode::Sftp { who, root, read_only, serve_pseudo_filesystems, user, client, rings, target_pid, report_fd } => {
             let session = take_identity(&who).and_then(|()| {
                 // Watched before the root is opened, so a process that exits in between is noticed.
                 let target = target_pid.map(watch_target).transpose()?.flatten();
                 let top = open_top(&root)?;
                 let top = if serve_pseudo_filesystems { top.serving_pseudo_filesystems() } else { top };
                 let accounts = read_accounts(&top);
-                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target }, input_ring, report_fd)
+                sftp(narrow(top, &root)?, Options { read_only, user, client, accounts, target }, rings, report_fd)
             });
             // A session's stderr is the sidecar's log: one structured line says why it ended.
             if let Err(reason) = &session {
@@ -253,22 +253,22 @@ fn find(container: &str, pids: &[u32]) -> Result<(), WorkerError> {
 
 const PIPE_SIZE: usize = 1024 * 1024;
 
-fn sftp(root: Root, options: Options, input_ring: bool, report_fd: Option<i32>) -> Result<(), WorkerError> {
-    // SAFETY: fds 0 and 1 are what the front end gave us (the ring's socket or a pipe, and a
-    // pipe) and nothing else owns them.
+fn sftp(root: Root, options: Options, rings: bool, report_fd: Option<i32>) -> Result<(), WorkerError> {
+    // SAFETY: fds 0 and 1 are what the front end gave us (the rings' sockets, or pipes) and
+    // nothing else owns them.
     let (stdin, stdout) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
-    let pipes = if input_ring { vec![&stdout] } else { vec![&stdin, &stdout] };
-    for fd in pipes {
-        // Bigger pipes mean fewer wakeups per 255 KiB READ/WRITE; best effort (1 MiB is the
-        // unprivileged limit by default).
-        let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
-    }
-    let output = File::from(stdout);
     let session = || {
-        let served = if input_ring {
-            server::serve(root, options, Consumer::receive(stdin).map_err(WorkerError::InputRing)?, output)
+        let served = if rings {
+            let requests = Consumer::receive(stdin).map_err(WorkerError::Rings)?;
+            let replies = Writer::receive(stdout).map_err(WorkerError::Rings)?;
+            server::serve(root, options, requests, replies)
         } else {
-            server::serve(root, options, Framer::new(File::from(stdin)), output)
+            for fd in [&stdin, &stdout] {
+                // Bigger pipes mean fewer wakeups per 255 KiB READ/WRITE; best effort (1 MiB is
+                // the unprivileged limit by default).
+                let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
+            }
+            server::serve(root, options, Framer::new(File::from(stdin)), File::from(stdout))
         };
         served.map_err(WorkerError::Session)
     };
