@@ -31,9 +31,13 @@ use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::AsyncReadExt;
 
-/// Like the 1 MiB pipes they replace; the requests' ring must hold the largest packet with its
-/// length field (checked in `sftp::framing`).
-pub const RING_BYTES: usize = 1024 * 1024;
+/// The requests' ring: like the 1 MiB pipe it replaces; it must hold the largest packet with
+/// its length field (checked in `sftp::framing`).
+pub const REQUESTS_BYTES: usize = 1024 * 1024;
+/// The replies' ring: replies need not fit whole (the front end copies out what is there), and
+/// a downloading session keeps every page it used, so it is smaller than the 1 MiB pipe: 20
+/// clients downloading took 67 MiB of PSS with 1 MiB, over the 64 MiB the sidecar aims at.
+const REPLIES_BYTES: usize = 256 * 1024;
 /// Bodies at least this large are lent from the ring; smaller ones are copied out at once, so a
 /// small request that waits (in its handle's lane, or for the disk) never holds the ring's room.
 const LEND_FROM: usize = 16 * 1024;
@@ -53,8 +57,10 @@ struct Line<T>(T);
 /// One side's view of the ring's memory.
 struct Mapping {
     header: Unmap,
-    /// `2 * RING_BYTES`: the ring, then the ring again.
+    /// `2 * len`: the ring, then the ring again.
     data: Unmap,
+    /// The ring's size, a multiple of the page size.
+    len: usize,
 }
 
 /// A mapping, unmapped when dropped.
@@ -83,16 +89,16 @@ fn header_bytes() -> usize {
 
 impl Mapping {
     /// A new ring, mapped, and its memfd to send to the worker.
-    fn create(name: &str) -> io::Result<(Mapping, OwnedFd)> {
+    fn create(name: &str, len: usize) -> io::Result<(Mapping, OwnedFd)> {
         let memfd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&memfd, (header_bytes() + RING_BYTES) as u64)?;
+        rustix::fs::ftruncate(&memfd, (header_bytes() + len) as u64)?;
         rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        Ok((Mapping::new(&memfd)?, memfd))
+        Ok((Mapping::new(&memfd, len)?, memfd))
     }
 
     /// Makes a ring and sends it on `socket` (the worker's end is its stdin or stdout).
-    fn create_and_send(name: &str, socket: &OwnedFd) -> io::Result<Mapping> {
-        let (map, memfd) = Mapping::create(name)?;
+    fn create_and_send(name: &str, len: usize, socket: &OwnedFd) -> io::Result<Mapping> {
+        let (map, memfd) = Mapping::create(name, len)?;
         let fds = [memfd.as_fd()];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
@@ -102,8 +108,8 @@ impl Mapping {
         Ok(map)
     }
 
-    /// Maps the ring `create_and_send` sent on `socket`.
-    fn receive(socket: &OwnedFd) -> io::Result<Mapping> {
+    /// Maps the ring `create_and_send` sent on `socket`; it must be `len` long.
+    fn receive(socket: &OwnedFd, len: usize) -> io::Result<Mapping> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut byte = [0];
@@ -114,28 +120,28 @@ impl Mapping {
         });
         let memfd = memfd.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no ring on the socket"))?;
         let size = rustix::fs::fstat(&memfd)?.st_size;
-        if u64::try_from(size).ok() != Some((header_bytes() + RING_BYTES) as u64) {
+        if u64::try_from(size).ok() != Some((header_bytes() + len) as u64) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the ring is {size} bytes")));
         }
-        Mapping::new(&memfd)
+        Mapping::new(&memfd, len)
     }
 
-    fn new(memfd: &OwnedFd) -> io::Result<Mapping> {
+    fn new(memfd: &OwnedFd, len: usize) -> io::Result<Mapping> {
         let read_write = ProtFlags::READ | ProtFlags::WRITE;
         // SAFETY: a new shared mapping wherever the kernel puts it; nothing else refers to it.
         let header = unsafe { rustix::mm::mmap(ptr::null_mut(), header_bytes(), read_write, MapFlags::SHARED, memfd, 0)? };
         let header = Unmap { at: header, len: header_bytes() };
         // Room for both copies first, then the ring mapped over each half.
         // SAFETY: as above, an inaccessible reservation.
-        let data = unsafe { rustix::mm::mmap_anonymous(ptr::null_mut(), 2 * RING_BYTES, ProtFlags::empty(), MapFlags::PRIVATE)? };
-        let data = Unmap { at: data, len: 2 * RING_BYTES };
-        for half in [0, RING_BYTES] {
-            // SAFETY: MAP_FIXED replaces only our own reservation above (`half + RING_BYTES` is
-            // within it); the memfd is `header_bytes() + RING_BYTES` long (made so, or checked).
+        let data = unsafe { rustix::mm::mmap_anonymous(ptr::null_mut(), 2 * len, ProtFlags::empty(), MapFlags::PRIVATE)? };
+        let data = Unmap { at: data, len: 2 * len };
+        for half in [0, len] {
+            // SAFETY: MAP_FIXED replaces only our own reservation above (`half + len` is within
+            // it); the memfd is `header_bytes() + len` long (made so, or checked).
             unsafe {
                 rustix::mm::mmap(
                     data.at.cast::<u8>().add(half).cast(),
-                    RING_BYTES,
+                    len,
                     read_write,
                     MapFlags::SHARED | MapFlags::FIXED,
                     memfd,
@@ -143,7 +149,7 @@ impl Mapping {
                 )?
             };
         }
-        Ok(Mapping { header, data })
+        Ok(Mapping { header, data, len })
     }
 
     fn header(&self) -> &Header {
@@ -152,10 +158,10 @@ impl Mapping {
         unsafe { &*self.header.at.cast::<Header>() }
     }
 
-    /// The ring's byte at position `at` (`< RING_BYTES`), followed by `RING_BYTES` mapped bytes.
+    /// The ring's byte at position `at`, followed by `len` mapped bytes.
     fn data(&self, at: u64) -> *mut u8 {
-        // SAFETY: `at % RING_BYTES < RING_BYTES`: within the first copy of the ring.
-        unsafe { self.data.at.cast::<u8>().add((at % RING_BYTES as u64) as usize) }
+        // SAFETY: `at % len < len`: within the first copy of the ring.
+        unsafe { self.data.at.cast::<u8>().add((at % self.len as u64) as usize) }
     }
 }
 
@@ -192,7 +198,7 @@ impl Producer {
     fn push(&mut self, data: &[u8]) -> Result<usize, Broken> {
         let n = self.room()?.min(data.len());
         if n > 0 {
-            // SAFETY: `n <= RING_BYTES` bytes from `data(written)` stay within the double mapping;
+            // SAFETY: `n <= len` bytes from `data(written)` stay within the double mapping;
             // they are room the consumer gave back (it reads only below `written`, which passes
             // them only after the copy). A hostile consumer writing here too only garbles its own
             // input: nothing is read back.
@@ -209,7 +215,7 @@ impl Producer {
             return Err(Broken { counter: "consumed", claimed, low: self.consumed, high: self.written });
         }
         self.consumed = claimed;
-        Ok(RING_BYTES - (self.written - claimed) as usize)
+        Ok(self.map.len - (self.written - claimed) as usize)
     }
 
     /// After a push: whether the consumer sleeps on the socket and needs a byte to wake up (it
@@ -277,7 +283,7 @@ pub struct Sender {
 impl Sender {
     /// Makes the ring and sends it on `socket` (the other end is the worker's stdin).
     pub fn new(socket: OwnedFd) -> io::Result<Sender> {
-        let ring = Producer::new(Mapping::create_and_send("podsftp-requests", &socket)?);
+        let ring = Producer::new(Mapping::create_and_send("podsftp-requests", REQUESTS_BYTES, &socket)?);
         Ok(Sender { ring, socket: tokio_socket(socket)? })
     }
 
@@ -313,7 +319,7 @@ pub struct Writer {
 impl Writer {
     /// Receives the ring on `socket` (stdout) from `Receiver::new`.
     pub fn receive(socket: OwnedFd) -> io::Result<Writer> {
-        Ok(Writer { ring: Producer::new(Mapping::receive(&socket)?), socket })
+        Ok(Writer { ring: Producer::new(Mapping::receive(&socket, REPLIES_BYTES)?), socket })
     }
 }
 
@@ -363,7 +369,7 @@ pub struct Receiver {
 impl Receiver {
     /// Makes the ring and sends it on `socket` (the other end is the worker's stdout).
     pub fn new(socket: OwnedFd) -> io::Result<Receiver> {
-        let map = Mapping::create_and_send("podsftp-replies", &socket)?;
+        let map = Mapping::create_and_send("podsftp-replies", REPLIES_BYTES, &socket)?;
         Ok(Receiver { map, socket: tokio_socket(socket)?, consumed: 0, written: 0 })
     }
 
@@ -373,7 +379,7 @@ impl Receiver {
         loop {
             let n = self.unread()?.min(buf.len());
             if n > 0 {
-                // SAFETY: `n <= RING_BYTES` bytes from `data(consumed)` lie in the double
+                // SAFETY: `n <= len` bytes from `data(consumed)` lie in the double
                 // mapping; copied as raw bytes into our own buffer, never referenced, so a worker
                 // writing them meanwhile can garble only its own replies.
                 unsafe { ptr::copy_nonoverlapping(self.map.data(self.consumed), buf.as_mut_ptr(), n) };
@@ -402,7 +408,7 @@ impl Receiver {
     /// taken before and a full ring).
     fn unread(&mut self) -> Result<usize, Broken> {
         let claimed = self.map.header().written.0.load(Ordering::Acquire);
-        let high = self.consumed + RING_BYTES as u64;
+        let high = self.consumed + self.map.len as u64;
         if claimed < self.written || claimed > high {
             return Err(Broken { counter: "written", claimed, low: self.written, high });
         }
@@ -429,16 +435,16 @@ struct Shared {
 impl Consumer {
     /// Receives the ring on `socket` (stdin) from `Sender::new`.
     pub fn receive(socket: OwnedFd) -> io::Result<Consumer> {
-        let map = Mapping::receive(&socket)?;
+        let map = Mapping::receive(&socket, REQUESTS_BYTES)?;
         Ok(Consumer { shared: Arc::new(Shared { map, socket, lent: Mutex::new(VecDeque::new()) }), framed: 0 })
     }
 
-    /// The bytes written past what was cut into packets (contiguous, at most `RING_BYTES`).
+    /// The bytes written past what was cut into packets (contiguous, at most the ring's size).
     pub fn buffered(&self) -> io::Result<&[u8]> {
         let written = self.shared.map.header().written.0.load(Ordering::Acquire);
-        let len = written.checked_sub(self.framed).filter(|&n| n <= RING_BYTES as u64);
+        let len = written.checked_sub(self.framed).filter(|&n| n <= self.shared.map.len as u64);
         let len = len.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the input ring's counters disagree"))?;
-        // SAFETY: at most `RING_BYTES` from `data(framed)` lie in the double mapping; the front
+        // SAFETY: at most the ring's size from `data(framed)` lie in the double mapping; the front
         // end wrote them before `written` passed them and writes only into room given back, which
         // these bytes are not until they are consumed.
         Ok(unsafe { std::slice::from_raw_parts(self.shared.map.data(self.framed), len as usize) })
@@ -497,7 +503,7 @@ struct Lent {
 
 impl AsRef<[u8]> for Lent {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `len <= RING_BYTES` bytes at `data(start)`, in the double mapping; the front
+        // SAFETY: `len <= REQUESTS_BYTES` bytes at `data(start)`, in the double mapping; the front
         // end does not write there until `consumed` passes `end`, which waits for this drop.
         unsafe { std::slice::from_raw_parts(self.shared.map.data(self.start), self.len) }
     }
@@ -609,10 +615,10 @@ mod tests {
         let (mut receiver, mut writer) = replies();
         writer.write_all(b"abc").unwrap();
         assert_eq!(receiver.read(&mut [0; 2]).await.unwrap(), 2);
-        for claimed in [2, RING_BYTES as u64 + 3] {
+        for claimed in [2, REPLIES_BYTES as u64 + 3] {
             writer.ring.map.header().written.0.store(claimed, Ordering::Release);
             let error = receiver.read(&mut [0; 8]).await.unwrap_err();
-            let high = RING_BYTES + 2;
+            let high = REPLIES_BYTES + 2;
             assert!(error.to_string().contains(&format!("claims {claimed} bytes written, outside 3..={high}")), "{error}");
         }
     }
@@ -693,8 +699,8 @@ mod tests {
 
     #[test]
     fn the_worker_cannot_resize_the_ring() {
-        let (_ring, memfd) = Mapping::create("test").unwrap();
-        for size in [0, 2 * (header_bytes() + RING_BYTES) as u64] {
+        let (_ring, memfd) = Mapping::create("test", REQUESTS_BYTES).unwrap();
+        for size in [0, 2 * (header_bytes() + REQUESTS_BYTES) as u64] {
             assert_eq!(rustix::fs::ftruncate(&memfd, size), Err(rustix::io::Errno::PERM), "resize to {size}");
         }
     }

@@ -17,7 +17,7 @@ use super::engine::SessionError;
 use crate::ring;
 
 /// The ring must hold the largest packet with its length field.
-const _: () = assert!(ring::RING_BYTES >= 4 + codec::MAX_INCOMING_PACKET as usize);
+const _: () = assert!(ring::REQUESTS_BYTES >= 4 + codec::MAX_INCOMING_PACKET as usize);
 
 /// Where a session's requests come from.
 pub trait Packets: Send {
