@@ -8,8 +8,8 @@
 //! (finding and describing the process to serve), `privilege` (dropping to the target's
 //! identity), `credentials` (the watched credentials directory), `authorized_keys` (its key lines and
 //! their options), `health` (probes), `listener` (accepting connections), `visible`
-//! (client bytes in log lines), `metrics` (what `/metrics` shows), `ring` (client data from the
-//! front end to a worker in shared memory).
+//! (client bytes in log lines), `metrics` (what `/metrics` shows), `ring` (requests and replies
+//! between the front end and a worker, in shared memory).
 
 pub mod access;
 pub mod admission;
