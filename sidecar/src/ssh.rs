@@ -242,9 +242,10 @@ impl Connection {
         drop(channel);
         let handle = session.handle();
         let stats = self.stats.clone();
+        let client = self.peer;
         tokio::spawn(async move {
             let channel_gone = tokio::select! {
-                () = copy_output(replies, writer, &stats, &output) => false,
+                () = copy_output(replies, writer, client, &stats, &output) => false,
                 _ = stopped => true,
             };
             // The worker's requests are gone with its `Running` when the channel is; its replies
@@ -266,13 +267,15 @@ impl Connection {
 async fn copy_output(
     mut replies: ring::Receiver,
     mut writer: impl tokio::io::AsyncWrite + Unpin,
+    client: SocketAddr,
     stats: &Stats,
     progress: &OutputProgress,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match replies.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
+            Err(error) => return log_ring_error(client, "replies", &error),
             Ok(n) => n,
         };
         progress.set(Some(Instant::now()));
@@ -285,7 +288,14 @@ async fn copy_output(
     }
 }
 
-/// Waits for a worker whose pipes are closed, killing it after `WORKER_EXIT_GRACE`; its exit
+/// A worker that broke a ring is worth a line; one that is gone (its socket closed) is not.
+fn log_ring_error(client: SocketAddr, ring: &str, error: &std::io::Error) {
+    if error.kind() == std::io::ErrorKind::InvalidData {
+        tracing::warn!(%client, ring, %error, "closing the SFTP worker's rings");
+    }
+}
+
+/// Waits for a worker whose sockets are closed, killing it after `WORKER_EXIT_GRACE`; its exit
 /// code for the client.
 async fn reap(mut child: Child) -> u32 {
     match tokio::time::timeout(WORKER_EXIT_GRACE, child.wait()).await {
@@ -384,7 +394,8 @@ impl russh::server::Handler for Connection {
             written = input.send(data) => written,
             gone = until_gone(&self.socket, output) => return Err(gone),
         };
-        if written.is_err() {
+        if let Err(error) = written {
+            log_ring_error(self.peer, "requests", &error);
             // The worker is gone; its output task ends the channel. Later data is dropped.
             if let Some(running) = self.running.get_mut(&channel) {
                 running.input = None;
