@@ -74,35 +74,49 @@ impl Server {
 
     /// Starts `binary serve ...` through `wrapper` (e.g. `setpriv ... --`, which execs it, so
     /// `pid()` is the server's).
+    ///
+    /// A port `free_port` found free may be taken by another test's outgoing connection (its
+    /// source port comes from the same range) before the server binds it: then new ports.
     pub fn start_wrapped(creds: Credentials, wrapper: &[&str], binary: &Path, extra: &[&str]) -> Server {
-        let port = free_port();
-        let health_port = free_port();
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("server.log");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(binary);
-                command
+        for _ in 0..3 {
+            let port = free_port();
+            let health_port = free_port();
+            let log_dir = tempfile::tempdir().unwrap();
+            let log = log_dir.path().join("server.log");
+            let mut command = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut command = Command::new(program);
+                    command.args(args).arg(binary);
+                    command
+                }
+                None => Command::new(binary),
+            };
+            let mut child = command
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--health-listen", &format!("127.0.0.1:{health_port}")])
+                .arg("--credentials")
+                .arg(creds.dir.path())
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("start podsftp-sidecar");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let listening = loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break true;
+                }
+                let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+                if child.try_wait().unwrap().is_some() && logged().contains("Address already in use") {
+                    break false;
+                }
+                assert!(Instant::now() < deadline, "server did not listen; log:\n{}", logged());
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if listening {
+                return Server { port, health_port, creds, child, log, _log_dir: log_dir };
             }
-            None => Command::new(binary),
-        };
-        let child = command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--health-listen", &format!("127.0.0.1:{health_port}")])
-            .arg("--credentials")
-            .arg(creds.dir.path())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start podsftp-sidecar");
-        let server = Server { port, health_port, creds, child, log, _log_dir: log_dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not listen; log:\n{}", server.log());
-            std::thread::sleep(Duration::from_millis(50));
         }
-        server
+        panic!("three times a port taken before the server could bind it");
     }
 
     pub fn log(&self) -> String {
