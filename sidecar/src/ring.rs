@@ -584,6 +584,17 @@ mod tests {
         (Receiver::new(front).unwrap(), Writer::receive(worker).unwrap())
     }
 
+    /// Everything the worker wrote, read in pieces of `piece` bytes, until the end.
+    async fn read_to_end(receiver: &mut Receiver, piece: usize) -> Vec<u8> {
+        let (mut got, mut buf) = (Vec::new(), vec![0; piece]);
+        loop {
+            match receiver.read(&mut buf).await.unwrap() {
+                0 => return got,
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_reply_byte_arrives_in_order_through_a_full_ring_and_the_end_is_seen() {
         use std::io::Write;
@@ -602,16 +613,8 @@ mod tests {
                 }
             }
         });
-        let mut got = Vec::new();
         // Smaller reads than the writes, so the ring fills up.
-        let mut buf = vec![0; 7_000];
-        loop {
-            let n = receiver.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_to_end(&mut receiver, 7_000).await;
         tokio::task::spawn_blocking(move || worker.join()).await.unwrap().unwrap();
         assert!(got == stream, "{} bytes received of {}", got.len(), stream.len());
     }
@@ -625,15 +628,7 @@ mod tests {
         // As if it had gone to sleep for room, then died (killed, out of memory).
         writer.ring.map.header().producer_asleep.0.store(1, Ordering::SeqCst);
         drop(writer.socket);
-        let mut got = Vec::new();
-        let mut buf = vec![0; 10_000];
-        loop {
-            let n = receiver.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_to_end(&mut receiver, 10_000).await;
         assert!(got == sent[..REPLIES_BYTES], "{} bytes of {}", got.len(), REPLIES_BYTES);
     }
 
