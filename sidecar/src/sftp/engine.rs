@@ -184,7 +184,7 @@ struct Session<R, W, O: Operations> {
     threads: AtomicUsize,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic aborts the process (release profile), so a poisoned lock only occurs in tests.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
