@@ -1,12 +1,12 @@
 //! The SSH front end (russh): host key and login from the credentials, only the `sftp`
-//! subsystem, each SFTP channel piped to its own worker process.
+//! subsystem, each SFTP channel served by its own worker process through two rings.
 //!
 //! Flow control: client data arrives in `Handler::data` (inside russh's session loop), which
 //! copies it straight into the worker's ring of requests (`crate::ring`, 1 MiB), so the loop
 //! only waits when the worker is far behind; the worker's ring of replies is copied to the
-//! channel by another task through russh's window-aware writer. Neither direction can hold the other up. Writing
-//! from the loop itself, rather than through a queue and a task, saves a copy, an allocation and
-//! a task wake-up per SSH packet (see "Benchmarks (SFTP)" in the README).
+//! channel by another task through russh's window-aware writer. Neither direction can hold the
+//! other up. Writing from the loop itself, rather than through a queue and a task, saves a copy,
+//! an allocation and a task wake-up per SSH packet (see "Benchmarks (SFTP)" in the README).
 //!
 //! Lifetimes: a connection must log in within the login deadline (banner, key exchange and
 //! authentication together) and may read only `PREAUTH_BYTES` before it does; `admission`
@@ -51,9 +51,9 @@ const PREAUTH_BYTES: u64 = 64 * 1024;
 /// How often a channel whose worker stopped reading checks that the client is still connected.
 const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a client may go on sending requests while not reading a single reply: its worker
-/// then waits on both its rings, russh's loop waits for the worker and
-/// stops reading the socket, so not even a hang-up could be seen (the client's FIN queues
-/// behind unsent data). No client that reads its replies gets here.
+/// then waits on both its rings, russh's loop waits for the worker and stops reading the
+/// socket, so not even a hang-up could be seen (the client's FIN queues behind unsent data). No
+/// client that reads its replies gets here.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// One connection's totals for its audit line; bytes also go to the process's metrics.
