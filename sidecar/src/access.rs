@@ -133,7 +133,7 @@ impl Access {
             Target::Dir(dir) => Ok(Resolved { path: dir.clone(), become_identity: None, pid: None }),
             Target::Pid(pid) => self.for_pid(*pid),
             Target::Container(name) => {
-                let cached = *self.found.lock().unwrap_or_else(|e| e.into_inner());
+                let cached = *crate::lock(&self.found);
                 if let Some((pid, start)) = cached {
                     if target::start_time(pid) == Some(start) {
                         return self.for_pid(pid);
@@ -142,7 +142,7 @@ impl Access {
                 }
                 let pid = self.find_container(name).await?;
                 if let Some(start) = target::start_time(pid) {
-                    *self.found.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, start));
+                    *crate::lock(&self.found) = Some((pid, start));
                 }
                 tracing::info!(pid, container = %name, "found the served container's process");
                 self.for_pid(pid)

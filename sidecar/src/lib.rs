@@ -26,3 +26,9 @@ pub mod ssh;
 pub mod target;
 pub mod visible;
 pub mod worker;
+
+/// A mutex's guard even if a thread panicked holding it: a panic aborts the process (release
+/// profile), so a poisoned lock only occurs in tests.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -31,7 +31,7 @@ use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::AsyncReadExt;
 
-use crate::sftp::engine::lock;
+use crate::lock;
 
 /// The requests' ring: like the 1 MiB pipe it replaces; it must hold the largest packet with
 /// its length field (checked in `sftp::framing`).

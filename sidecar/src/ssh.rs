@@ -149,11 +149,11 @@ struct OutputProgress(std::sync::Mutex<Option<Instant>>);
 
 impl OutputProgress {
     fn set(&self, waiting_since: Option<Instant>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = waiting_since;
+        *crate::lock(&self.0) = waiting_since;
     }
 
     fn stalled(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|since| since.elapsed() > STALL_LIMIT)
+        crate::lock(&self.0).is_some_and(|since| since.elapsed() > STALL_LIMIT)
     }
 }
 
@@ -206,7 +206,7 @@ impl Connection {
         self.stats.metrics.auth_attempt(method, "accepted");
         self.stats.metrics.session_started();
         self.user = Some(user.to_string());
-        *self.stats.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(user.to_string());
+        *crate::lock(&self.stats.user) = Some(user.to_string());
         let _ = self.authenticated.send(true);
         Auth::Accept
     }
@@ -613,7 +613,7 @@ pub async fn serve(
             if *logged_in.borrow() {
                 stats.metrics.session_ended(end_reason(&result));
             }
-            let user = stats.user.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let user = crate::lock(&stats.user).take();
             tracing::info!(
                 target: "audit",
                 user,

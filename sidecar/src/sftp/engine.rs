@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::thread::{self, Scope};
 
 use bytes::BytesMut;
@@ -29,6 +29,7 @@ use super::codec::{self, Packet, Request, Response, StatusCode};
 use super::framing::Packets;
 use super::requests::{self, Kind, Lane};
 use super::tally;
+use crate::lock;
 
 /// Bytes of requests plus expected responses in flight per session.
 const IN_FLIGHT_BYTES: usize = 2 * 1024 * 1024;
@@ -182,11 +183,6 @@ struct Session<R, W, O: Operations> {
     /// Threads waiting to take over reading; when none is left, the reader starts one.
     waiting_readers: AtomicUsize,
     threads: AtomicUsize,
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic aborts the process (release profile), so a poisoned lock only occurs in tests.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn status(id: u32, code: StatusCode, message: impl Into<String>) -> Response {

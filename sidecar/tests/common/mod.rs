@@ -79,8 +79,7 @@ impl Server {
     /// source port comes from the same range) before the server binds it: then new ports.
     pub fn start_wrapped(creds: Credentials, wrapper: &[&str], binary: &Path, extra: &[&str]) -> Server {
         for _ in 0..3 {
-            let port = free_port();
-            let health_port = free_port();
+            let (port, health_port) = (free_port(), free_port());
             let log_dir = tempfile::tempdir().unwrap();
             let log = log_dir.path().join("server.log");
             let mut command = match wrapper.split_first() {
@@ -100,19 +99,7 @@ impl Server {
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .expect("start podsftp-sidecar");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let listening = loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    break true;
-                }
-                let logged = || std::fs::read_to_string(&log).unwrap_or_default();
-                if child.try_wait().unwrap().is_some() && logged().contains("Address already in use") {
-                    break false;
-                }
-                assert!(Instant::now() < deadline, "server did not listen; log:\n{}", logged());
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            if listening {
+            if listens(&mut child, port, &log) {
                 return Server { port, health_port, creds, child, log, _log_dir: log_dir };
             }
         }
@@ -231,6 +218,20 @@ impl Server {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Waits until `child` listens on `port` (true), or exits because the port was taken (false).
+fn listens(child: &mut Child, port: u16, log: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let logged = || std::fs::read_to_string(log).unwrap_or_default();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if child.try_wait().unwrap().is_some() && logged().contains("Address already in use") {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "server did not listen; log:\n{}", logged());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 impl Drop for Server {
